@@ -1,0 +1,1 @@
+"""HTTP only: the app factory, routes, request/response schemas, dependencies, and the CLI."""

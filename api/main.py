@@ -1,0 +1,51 @@
+"""The app factory: builds the FastAPI app, its database access and its error mapping."""
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.routes import jobs
+from services.database import make_engine, session_factory, upgrade_schema
+from services.errors import InvalidJob, JobAlreadyFinished, JobNotFound
+from services.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None,
+               sessions: sessionmaker[Session] | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    if sessions is None:
+        engine = make_engine(settings.resolved_database_url())
+        upgrade_schema(engine)
+        sessions = session_factory(engine)
+    app = FastAPI(title="crossfold", version="0.1.0",
+                  description="Cross-validation training jobs: one Ray task per fold, results in MLflow.")
+    app.state.settings, app.state.sessions = settings, sessions
+    app.include_router(jobs.router)
+    add_error_handlers(app)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict:
+        with sessions() as session:
+            session.execute(text("SELECT 1"))
+        return {"status": "ok"}
+
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(JobNotFound)
+    async def not_found(_: Request, error: JobNotFound):
+        return JSONResponse({"detail": f"job {error} not found"}, status_code=404)
+
+    @app.exception_handler(JobAlreadyFinished)
+    async def finished(_: Request, error: JobAlreadyFinished):
+        return JSONResponse({"detail": str(error)}, status_code=409)
+
+    @app.exception_handler(InvalidJob)
+    async def invalid(_: Request, error: InvalidJob):
+        # Same shape as FastAPI's own validation errors, so clients parse one format.
+        loc = ["body", *error.field.split(".")]
+        return JSONResponse({"detail": [{"loc": loc, "msg": error.message,
+                                         "type": "value_error"}]}, status_code=422)

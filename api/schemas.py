@@ -1,0 +1,68 @@
+"""Response bodies of the HTTP API (requests use services.spec.JobSpec)."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+
+from services.models import Fold, Job
+from services.results import mlflow_link
+from services.states import FoldStatus, JobStatus
+
+
+class FoldOut(BaseModel):
+    index: int
+    status: FoldStatus
+    attempts: int
+    epoch: int
+    train_loss: float | None
+    val_loss: float | None
+    val_accuracy: float | None
+    best_epoch: int | None
+    test_metrics: dict[str, float] | None
+    error: str | None
+    mlflow_run_id: str | None
+    mlflow_url: str | None
+
+
+class JobOut(BaseModel):
+    id: str
+    name: str
+    status: JobStatus
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    spec: dict
+    summary: dict[str, float] | None
+    folds: list[FoldOut]
+    mlflow_experiment_id: str | None
+    mlflow_run_id: str | None
+    mlflow_url: str | None
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+
+
+def fold_out(fold: Fold, experiment_id: str | None, ui_url: str) -> FoldOut:
+    return FoldOut(index=fold.index, status=fold.status, attempts=fold.attempts, epoch=fold.epoch,
+                   train_loss=fold.train_loss, val_loss=fold.val_loss,
+                   val_accuracy=fold.val_accuracy, best_epoch=fold.best_epoch,
+                   test_metrics=fold.test_metrics, error=fold.error,
+                   mlflow_run_id=fold.mlflow_run_id,
+                   mlflow_url=mlflow_link(ui_url, experiment_id, fold.mlflow_run_id))
+
+
+def job_out(job: Job, ui_url: str) -> JobOut:
+    return JobOut(id=job.id, name=job.name, status=job.status,
+                  cancel_requested=job.cancel_requested, created_at=job.created_at,
+                  started_at=job.started_at, finished_at=job.finished_at, error=job.error,
+                  spec=job.spec, summary=job.summary,
+                  folds=[fold_out(f, job.mlflow_experiment_id, ui_url) for f in job.folds],
+                  mlflow_experiment_id=job.mlflow_experiment_id, mlflow_run_id=job.mlflow_run_id,
+                  mlflow_url=mlflow_link(ui_url, job.mlflow_experiment_id, job.mlflow_run_id))

@@ -1,0 +1,214 @@
+"""The dispatcher: claims queued jobs, runs their folds on Ray, records what comes back.
+
+One loop, one thread. Each tick it (1) claims new jobs while it has room, (2) applies
+progress reported by running folds, (3) collects finished folds, and finishes a job
+once all its folds have ended, (4) carries out cancellations. It is the only writer
+of job state once a job is running.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.cluster import Cluster, FoldResult
+from services.datasets import load_dataset
+from services.lifecycle import claim_next_job, move_fold, move_job
+from services.models import Fold, Job
+from services.results import fold_table, summarize
+from services.spec import JobSpec, flatten
+from services.splits import fold_rows, make_groups
+from services.states import FINISHED_FOLD, FoldStatus, JobStatus
+from services.tracking import Tracker
+from workers.fold import FoldPlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ActiveJob:
+    """A running job's Ray handles, kept in memory by the dispatcher that runs it."""
+    job_id: str
+    tasks: dict[int, object] = field(default_factory=dict)  # fold index → ObjectRef
+    cancelling: bool = False
+
+
+class Dispatcher:
+    def __init__(self, *, sessions: sessionmaker[Session], cluster: Cluster, tracker: Tracker,
+                 max_active_jobs: int = 2, poll_interval_s: float = 0.5):
+        self.sessions, self.cluster, self.tracker = sessions, cluster, tracker
+        self.max_active_jobs, self.poll_interval_s = max_active_jobs, poll_interval_s
+        self.dispatcher_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.active: dict[str, ActiveJob] = {}
+
+    def run_forever(self, stop: threading.Event) -> None:
+        self.tracker.ensure_store()
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # one bad tick must not kill the service; log and go on
+                log.exception("dispatcher tick failed")
+            stop.wait(self.poll_interval_s)
+
+    def tick(self) -> None:
+        with self.sessions() as session:
+            self.claim_jobs(session)
+            self.apply_progress(session)
+            self.collect_results(session)
+            self.carry_out_cancellations(session)
+
+    # -- starting jobs -------------------------------------------------------------
+    def claim_jobs(self, session: Session) -> None:
+        while len(self.active) < self.max_active_jobs:
+            job = claim_next_job(session, dispatcher_id=self.dispatcher_id)
+            if job is None:
+                return
+            try:
+                self.start_job(session, job)
+            except Exception as error:
+                log.exception("job %s could not start", job.id)
+                self.fail_before_start(session, job, f"could not start: {error}")
+
+    def start_job(self, session: Session, job: Job) -> None:
+        spec = JobSpec.model_validate(job.spec)
+        dataset = load_dataset(spec.dataset)
+        groups = make_groups(dataset.y, spec.cv.folds, seed=spec.cv.seed, stratify=spec.cv.stratify)
+        experiment, parent, children = self.tracker.start_job(
+            job_id=job.id, name=job.name, params=flatten(spec), n_folds=spec.cv.folds)
+        job.mlflow_experiment_id, job.mlflow_run_id = experiment, parent
+        for fold, run_id in zip(job.folds, children):
+            fold.mlflow_run_id = run_id
+        session.commit()
+        data = self.cluster.put((dataset.x, dataset.y))
+        active = ActiveJob(job.id)
+        for fold in job.folds:
+            plan = FoldPlan(fold.index, *fold_rows(groups, fold.index))
+            active.tasks[fold.index] = self.cluster.submit_fold(
+                data, plan, job.spec, {"job_id": job.id, "fold": fold.index})
+        self.active[job.id] = active
+        log.info("job %s started: %d folds", job.id, len(job.folds))
+
+    def fail_before_start(self, session: Session, job: Job, reason: str) -> None:
+        session.rollback()
+        job.error = reason
+        for fold in job.folds:
+            move_fold(fold, FoldStatus.CANCELLED)
+        move_job(job, JobStatus.FAILED)
+        session.commit()
+        if job.mlflow_run_id:
+            self.tracker.finish_job(job.mlflow_run_id, status="failed", summary={},
+                                    table=[], error=reason)
+
+    # -- progress ------------------------------------------------------------------
+    def apply_progress(self, session: Session) -> None:
+        events = self.cluster.drain_progress()
+        for event in events:
+            fold = self.fold_of(session, event)
+            if fold is None or fold.status in FINISHED_FOLD:
+                continue  # a late event from a fold that has already ended
+            if event["kind"] == "started":
+                self.mark_started(fold)
+            elif event["kind"] == "epoch":
+                self.record_epoch(fold, event)
+        if events:
+            session.commit()
+
+    @staticmethod
+    def fold_of(session: Session, event: dict) -> Fold | None:
+        return session.scalar(select(Fold).where(Fold.job_id == event["job_id"],
+                                                 Fold.index == event["fold"]))
+
+    @staticmethod
+    def mark_started(fold: Fold) -> None:
+        if fold.status is FoldStatus.RUNNING:
+            # Started again: its worker died and Ray retried the task.
+            move_fold(fold, FoldStatus.PENDING)
+        move_fold(fold, FoldStatus.RUNNING)
+
+    def record_epoch(self, fold: Fold, event: dict) -> None:
+        if fold.status is FoldStatus.PENDING:
+            move_fold(fold, FoldStatus.RUNNING)
+        fold.epoch = event["epoch"]
+        fold.train_loss, fold.val_loss = event["train_loss"], event["val_loss"]
+        fold.val_accuracy = event["val_accuracy"]
+        self.tracker.log_epoch(fold.mlflow_run_id, event["epoch"], {
+            "train_loss": event["train_loss"], "val_loss": event["val_loss"],
+            "val_accuracy": event["val_accuracy"]})
+
+    # -- results -------------------------------------------------------------------
+    def collect_results(self, session: Session) -> None:
+        for active in list(self.active.values()):
+            by_ref = {ref: index for index, ref in active.tasks.items()}
+            for ref in self.cluster.ready(list(by_ref)):
+                index = by_ref[ref]
+                del active.tasks[index]
+                result = self.cluster.result(ref)
+                if active.cancelling and result.outcome is None:
+                    result = FoldResult(cancelled=True)  # killed by us, whatever Ray calls it
+                self.finish_fold(session, active.job_id, index, result)
+            session.commit()
+            if not active.tasks:
+                self.finish_job(session, active.job_id)
+
+    def finish_fold(self, session: Session, job_id: str, index: int, result: FoldResult) -> None:
+        fold = session.scalar(select(Fold).where(Fold.job_id == job_id, Fold.index == index))
+        if fold.status in FINISHED_FOLD:
+            return
+        if result.cancelled:
+            move_fold(fold, FoldStatus.CANCELLED)
+            self.tracker.finish_fold(fold.mlflow_run_id, status="cancelled")
+            return
+        if fold.status is FoldStatus.PENDING:
+            move_fold(fold, FoldStatus.RUNNING)  # it ended before its start was reported
+        if result.outcome is not None:
+            fold.best_epoch = result.outcome.best_epoch
+            fold.test_metrics = result.outcome.test_metrics
+            move_fold(fold, FoldStatus.SUCCEEDED)
+            self.tracker.finish_fold(fold.mlflow_run_id, status="succeeded",
+                                     test_metrics=fold.test_metrics, best_epoch=fold.best_epoch,
+                                     checkpoint=result.outcome.checkpoint)
+        else:
+            fold.error = result.error
+            move_fold(fold, FoldStatus.FAILED)
+            self.tracker.finish_fold(fold.mlflow_run_id, status="failed", error=result.error)
+
+    def finish_job(self, session: Session, job_id: str) -> None:
+        job = session.get(Job, job_id)
+        session.refresh(job)
+        succeeded = [f for f in job.folds if f.status is FoldStatus.SUCCEEDED]
+        failed = [f for f in job.folds if f.status is FoldStatus.FAILED]
+        job.summary = summarize([f.test_metrics for f in succeeded])
+        if job.cancel_requested:
+            target = JobStatus.CANCELLED
+        elif failed:
+            target = JobStatus.FAILED
+            job.error = "; ".join(f"fold {f.index} failed: {f.error}" for f in failed)
+        else:
+            target = JobStatus.SUCCEEDED
+        move_job(job, target)
+        session.commit()
+        self.tracker.finish_job(job.mlflow_run_id, status=target.value, summary=job.summary,
+                                table=fold_table(job.folds), error=job.error)
+        del self.active[job_id]
+        log.info("job %s %s", job_id, target.value)
+
+    # -- cancellation --------------------------------------------------------------
+    def carry_out_cancellations(self, session: Session) -> None:
+        if not self.active:
+            return
+        wanted = session.scalars(select(Job.id).where(Job.id.in_(list(self.active)),
+                                                      Job.cancel_requested.is_(True)))
+        for job_id in wanted:
+            active = self.active[job_id]
+            if active.cancelling:
+                continue
+            active.cancelling = True
+            for ref in active.tasks.values():
+                self.cluster.cancel(ref)
+            # The cancelled tasks come back through collect_results on the next
+            # ticks, which then finish the job as cancelled.

@@ -1,0 +1,73 @@
+"""The only code that writes a job's or a fold's status, always along the tables in
+services.states (an illegal transition raises IllegalTransition)."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from services.models import Fold, Job
+from services.states import FINISHED_FOLD, FINISHED_JOB, FoldStatus, JobStatus, check_fold, check_job
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def move_job(job: Job, target: JobStatus) -> None:
+    check_job(JobStatus(job.status), target)
+    job.status = target
+    if target is JobStatus.RUNNING:
+        job.started_at = now()
+    if target in FINISHED_JOB:
+        job.finished_at = now()
+
+
+def move_fold(fold: Fold, target: FoldStatus) -> None:
+    check_fold(FoldStatus(fold.status), target)
+    fold.status = target
+    if target is FoldStatus.RUNNING:
+        fold.attempts += 1
+        fold.started_at = fold.started_at or now()
+    if target in FINISHED_FOLD:
+        fold.finished_at = now()
+
+
+def claim_next_job(session: Session, *, dispatcher_id: str) -> Job | None:
+    """Atomically take the oldest queued job, or return None.
+
+    PostgreSQL: the row is locked with FOR UPDATE SKIP LOCKED, so concurrent
+    dispatchers each get a different job without waiting. SQLite has no row locks:
+    a conditional UPDATE (… WHERE status = 'queued') lets exactly one writer win.
+    """
+    check_job(JobStatus.QUEUED, JobStatus.RUNNING)
+    query = select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.created_at).limit(1)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    job_id = session.scalar(query)
+    if job_id is None:
+        return None
+    claimed = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.RUNNING, started_at=now(), dispatcher_id=dispatcher_id))
+    session.commit()
+    return session.get(Job, job_id) if claimed.rowcount == 1 else None
+
+
+def cancel_if_queued(session: Session, *, job_id: str) -> bool:
+    """Cancel a job that no dispatcher has claimed yet; False if one got there first.
+
+    Conditional on status = 'queued', like the claim, so a cancel and a claim that
+    race cannot both win.
+    """
+    check_job(JobStatus.QUEUED, JobStatus.CANCELLED)
+    cancelled = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, finished_at=now()))
+    if cancelled.rowcount != 1:
+        return False
+    check_fold(FoldStatus.PENDING, FoldStatus.CANCELLED)
+    session.execute(update(Fold).where(Fold.job_id == job_id, Fold.status == FoldStatus.PENDING)
+                    .values(status=FoldStatus.CANCELLED, finished_at=now()))
+    return True

@@ -1,0 +1,69 @@
+"""Database tables: one row per job, one per fold of a job."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, Boolean, DateTime, Enum, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from services.states import FoldStatus, JobStatus
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _status(enum_type) -> Enum:
+    # Stored as plain strings (no PostgreSQL ENUM type), so adding a state is a
+    # code change, not a type migration.
+    return Enum(enum_type, native_enum=False, length=16,
+                values_callable=lambda members: [m.value for m in members])
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    name: Mapped[str] = mapped_column(String(100))
+    spec: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[JobStatus] = mapped_column(_status(JobStatus), default=JobStatus.QUEUED, index=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    dispatcher_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[dict | None] = mapped_column(JSON)  # test_<metric>_mean / _std
+    mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    folds: Mapped[list[Fold]] = relationship(back_populates="job", order_by="Fold.index",
+                                             cascade="all, delete-orphan")
+
+
+class Fold(Base):
+    __tablename__ = "folds"
+    __table_args__ = (UniqueConstraint("job_id", "fold_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column("fold_index", Integer)
+    status: Mapped[FoldStatus] = mapped_column(_status(FoldStatus), default=FoldStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    train_loss: Mapped[float | None] = mapped_column(Float)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    val_accuracy: Mapped[float | None] = mapped_column(Float)
+    best_epoch: Mapped[int | None] = mapped_column(Integer)
+    test_metrics: Mapped[dict | None] = mapped_column(JSON)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    job: Mapped[Job] = relationship(back_populates="folds")

@@ -1,0 +1,34 @@
+"""Fold results summed up: mean and spread over folds, and the fold table."""
+from __future__ import annotations
+
+import statistics
+
+
+def summarize(fold_metrics: list[dict[str, float]]) -> dict[str, float]:
+    """`test_<metric>_mean` and `test_<metric>_std` over the folds that finished.
+
+    The spread is the sample standard deviation (n - 1): the folds are a sample of
+    the ways the data could have been split. With one fold it is 0.
+    """
+    if not fold_metrics:
+        return {}
+    summary: dict[str, float] = {}
+    for name in sorted(fold_metrics[0]):
+        values = [m[name] for m in fold_metrics]
+        summary[f"test_{name}_mean"] = statistics.fmean(values)
+        summary[f"test_{name}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return summary
+
+
+def fold_table(folds) -> list[dict]:
+    """One row per fold: its index, status, best epoch and test metrics."""
+    return [{"fold": f.index, "status": f.status.value, "best_epoch": f.best_epoch,
+             "epochs": f.epoch, **{f"test_{k}": v for k, v in (f.test_metrics or {}).items()}}
+            for f in folds]
+
+
+def mlflow_link(ui_url: str, experiment_id: str | None, run_id: str | None) -> str | None:
+    """Where a person finds a run in the MLflow UI."""
+    if not (experiment_id and run_id):
+        return None
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

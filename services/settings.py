@@ -1,0 +1,49 @@
+"""All configuration, read once from CROSSFOLD_* environment variables.
+
+Invalid values fail at start-up, not on the first job.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CROSSFOLD_", extra="ignore")
+
+    data_dir: Path = Path("crossfold-data")
+    # Empty means: SQLite under data_dir. Set a postgresql+psycopg:// URL for production.
+    database_url: str = ""
+    # Empty means: a local MLflow store (SQLite + artifacts) under data_dir.
+    mlflow_tracking_uri: str = ""
+    mlflow_ui_url: str = "http://127.0.0.1:5000"
+    # Empty means: start a local Ray; RAY_ADDRESS (or this) joins an existing cluster.
+    ray_address: str = ""
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    poll_interval_s: float = Field(0.5, gt=0, le=10)
+    fold_max_retries: int = Field(2, ge=0, le=10)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, url: str) -> str:
+        if url and not url.startswith(("sqlite", "postgresql")):
+            raise ValueError("must be a sqlite:// or postgresql:// URL")
+        return url
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'crossfold.db'}"
+
+    def resolved_tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.data_dir.resolve() / 'mlflow.db'}"
+
+    def artifacts_dir(self) -> Path:
+        return self.data_dir.resolve() / "mlartifacts"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

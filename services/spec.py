@@ -1,0 +1,129 @@
+"""The job specification: what a client may ask for, and the rules it must follow.
+
+Every number is bounded so that one fold stays within a few GB, and unknown fields
+are refused, so a typo ("learning_rate") is an error instead of a silent default.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_HIDDEN_LAYERS = 8
+MAX_LAYER_WIDTH = 4096
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+LearningRate = Annotated[float, Field(gt=0, le=10, description="α, > 0")]
+Beta = Annotated[float, Field(ge=0, lt=1, description="in [0, 1)")]
+Epsilon = Annotated[float, Field(gt=0, le=1)]
+
+
+class SGDSpec(StrictModel):
+    """Plain mini-batch gradient descent: W -= α dW."""
+    name: Literal["sgd"]
+    lr: LearningRate
+
+
+class MomentumSpec(StrictModel):
+    """V = βV + (1-β)dW, W -= αV."""
+    name: Literal["momentum"]
+    lr: LearningRate
+    beta: Beta = 0.9
+
+
+class RMSpropSpec(StrictModel):
+    """S = βS + (1-β)dW², W -= α dW / (√S + ε)."""
+    name: Literal["rmsprop"]
+    lr: LearningRate
+    beta: Beta = 0.9
+    eps: Epsilon = 1e-8
+
+
+class AdamSpec(StrictModel):
+    """Momentum and RMSprop combined, with bias correction; β2 = 0.98 as in the lecture."""
+    name: Literal["adam"]
+    lr: LearningRate
+    beta1: Beta = 0.9
+    beta2: Beta = 0.98
+    eps: Epsilon = 1e-8
+
+
+OptimizerSpec = Annotated[Union[SGDSpec, MomentumSpec, RMSpropSpec, AdamSpec],
+                          Field(discriminator="name")]
+
+
+class MLPSpec(StrictModel):
+    type: Literal["mlp"] = "mlp"
+    hidden: list[Annotated[int, Field(ge=1, le=MAX_LAYER_WIDTH)]] = Field(
+        default_factory=lambda: [128, 64], min_length=1, max_length=MAX_HIDDEN_LAYERS)
+    batch_norm: bool = False
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class DatasetSpec(StrictModel):
+    """A built-in dataset; `synthetic` takes its size from rows/features/classes."""
+    name: Literal["digits", "iris", "wine", "breast_cancer", "synthetic"]
+    rows: int = Field(1000, ge=30, le=2_000_000)
+    features: int = Field(20, ge=2, le=1000)
+    classes: int = Field(2, ge=2, le=100)
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+
+class EarlyStoppingSpec(StrictModel):
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    patience: int = Field(10, ge=1, le=1000)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class CVSpec(StrictModel):
+    folds: int = Field(5, ge=3, le=20, description="k ≥ 3: one test, one validation, ≥ 1 training group")
+    stratify: bool = True
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class ResourcesSpec(StrictModel):
+    gpus_per_fold: float = Field(0, ge=0, le=8, description="fractions share a GPU")
+    cpus_per_fold: float = Field(1, gt=0, le=64)
+
+
+class JobSpec(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    dataset: DatasetSpec
+    model: MLPSpec = Field(default_factory=MLPSpec)
+    optimizer: OptimizerSpec
+    batch_size: Union[Annotated[int, Field(ge=1, le=1_000_000)], Literal["full"]] = 64
+    max_epochs: int = Field(100, ge=1, le=10_000)
+    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+    cv: CVSpec = Field(default_factory=CVSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    @model_validator(mode="after")
+    def _batch_norm_needs_two_samples(self):
+        if self.batch_size == 1 and self.model.batch_norm:
+            raise ValueError("batch_size 1 cannot be used with model.batch_norm: batch "
+                             "normalization needs at least 2 samples per mini-batch")
+        return self
+
+
+def flatten(spec: JobSpec) -> dict[str, str]:
+    """The spec as flat `section.key` params, the way MLflow shows them."""
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, inner)
+        else:
+            flat[prefix] = str(value)
+
+    walk("", spec.model_dump(mode="json"))
+    return flat

@@ -1,0 +1,87 @@
+"""MLflow, and the only module that talks to it.
+
+Layout: one experiment per job name; one parent run per job (flattened spec as
+params, job id as a tag, test_<metric>_mean/_std, a fold table); one nested child
+run per fold (per-epoch metrics at step = epoch, the best checkpoint, test metrics).
+Runs are created by the dispatcher before any fold starts, so a retried fold keeps
+logging into the same run.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+PARAMS_PER_BATCH = 100  # MLflow's limit for one log_batch call
+END_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
+
+
+class Tracker:
+    def __init__(self, *, tracking_uri: str, artifacts_dir: Path, ui_url: str):
+        self.client = MlflowClient(tracking_uri)
+        self.artifacts_dir, self.ui_url = artifacts_dir, ui_url.rstrip("/")
+
+    def ensure_store(self) -> None:
+        """Create (and migrate) the store once, before anything else opens it: several
+        processes migrating a fresh SQLite store at once collide."""
+        self.client.search_experiments(max_results=1)
+
+    def experiment_id(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = (self.artifacts_dir / name).resolve().as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def start_job(self, *, job_id: str, name: str, params: dict[str, str],
+                  n_folds: int) -> tuple[str, str, list[str]]:
+        """Create the parent run and one child run per fold: (experiment, parent, children)."""
+        experiment = self.experiment_id(name)
+        parent = self.client.create_run(experiment, run_name=name,
+                                        tags={"crossfold.job_id": job_id}).info.run_id
+        items = [Param(k, v) for k, v in params.items()]
+        for start in range(0, len(items), PARAMS_PER_BATCH):
+            self.client.log_batch(parent, params=items[start:start + PARAMS_PER_BATCH])
+        children = [self.client.create_run(
+            experiment, run_name=f"{name}-fold-{i}",
+            tags={"mlflow.parentRunId": parent, "crossfold.job_id": job_id,
+                  "crossfold.fold": str(i)}).info.run_id for i in range(n_folds)]
+        return experiment, parent, children
+
+    def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float]) -> None:
+        stamp = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, v, stamp, epoch) for k, v in metrics.items()])
+
+    def finish_fold(self, run_id: str, *, status: str, test_metrics: dict[str, float] | None = None,
+                    best_epoch: int | None = None, checkpoint: bytes | None = None,
+                    error: str | None = None) -> None:
+        if checkpoint is not None:
+            self._log_bytes(run_id, checkpoint, "checkpoint", "best.pt")
+        metrics = {f"test_{k}": v for k, v in (test_metrics or {}).items()}
+        if best_epoch is not None:
+            metrics["best_epoch"] = best_epoch
+        self.log_values(run_id, metrics)
+        if error:
+            self.client.log_batch(run_id, tags=[RunTag("crossfold.error", error[:5000])])
+        self.client.set_terminated(run_id, status=END_STATUS[status])
+
+    def finish_job(self, run_id: str, *, status: str, summary: dict[str, float],
+                   table: list[dict], error: str | None = None) -> None:
+        self.log_values(run_id, summary)
+        self.client.log_dict(run_id, table, "fold_table.json")
+        if error:
+            self.client.log_batch(run_id, tags=[RunTag("crossfold.error", error[:5000])])
+        self.client.set_terminated(run_id, status=END_STATUS[status])
+
+    def log_values(self, run_id: str, values: dict[str, float]) -> None:
+        if values:
+            self.log_epoch(run_id, 0, values)
+
+    def _log_bytes(self, run_id: str, data: bytes, folder: str, filename: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / filename
+            path.write_bytes(data)
+            self.client.log_artifact(run_id, str(path), artifact_path=folder)
