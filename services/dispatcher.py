@@ -58,8 +58,11 @@ class Dispatcher:
     def tick(self) -> None:
         with self.sessions() as session:
             self.claim_jobs(session)
+            # Look for finished tasks before draining progress: a task reports all its
+            # epochs before it returns, so every epoch of these tasks is on the board now.
+            finished = self.finished_tasks()
             self.apply_progress(session)
-            self.collect_results(session)
+            self.collect_results(session, finished)
             self.carry_out_cancellations(session)
 
     # -- starting jobs -------------------------------------------------------------
@@ -141,12 +144,19 @@ class Dispatcher:
             "val_accuracy": event["val_accuracy"]})
 
     # -- results -------------------------------------------------------------------
-    def collect_results(self, session: Session) -> None:
-        for active in list(self.active.values()):
+    def finished_tasks(self) -> dict[str, list[int]]:
+        """Job id → indices of its folds whose Ray tasks have ended."""
+        finished = {}
+        for job_id, active in self.active.items():
             by_ref = {ref: index for index, ref in active.tasks.items()}
-            for ref in self.cluster.ready(list(by_ref)):
-                index = by_ref[ref]
-                del active.tasks[index]
+            finished[job_id] = [by_ref[ref] for ref in self.cluster.ready(list(by_ref))]
+        return finished
+
+    def collect_results(self, session: Session, finished: dict[str, list[int]]) -> None:
+        for job_id, indices in finished.items():
+            active = self.active[job_id]
+            for index in indices:
+                ref = active.tasks.pop(index)
                 result = self.cluster.result(ref)
                 if active.cancelling and result.outcome is None:
                     result = FoldResult(cancelled=True)  # killed by us, whatever Ray calls it

@@ -1,0 +1,168 @@
+"""`crossfold`: run the service, or talk to it over HTTP.
+
+    crossfold serve                 API + dispatcher + local Ray + MLflow UI (embedded)
+    crossfold api | dispatcher      one process each (production, docker-compose.yml)
+    crossfold submit FILE [--wait]  submit a job spec (JSON); --wait follows its folds
+    crossfold status ID | list | cancel ID
+    crossfold demo FILE             serve, submit FILE, follow it, print the fold table
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from api.client import ApiError, JobsClient
+from api.progress import fold_table, follow, job_lines
+
+DEFAULT_URL = os.environ.get("CROSSFOLD_URL", "http://127.0.0.1:8000")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crossfold", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default=DEFAULT_URL, help="the API's address (client commands)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the embedded service")
+    serve.add_argument("--no-ui", action="store_true", help="do not start the MLflow UI")
+    commands.add_parser("api", help="run the HTTP API only")
+    commands.add_parser("dispatcher", help="run the dispatcher only")
+    submit = commands.add_parser("submit", help="submit a job spec")
+    submit.add_argument("file", type=Path)
+    submit.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    status = commands.add_parser("status", help="show a job")
+    status.add_argument("job_id")
+    listing = commands.add_parser("list", help="list jobs, newest first")
+    listing.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    listing.add_argument("--limit", type=int, default=20)
+    cancel = commands.add_parser("cancel", help="cancel a job")
+    cancel.add_argument("job_id")
+    demo = commands.add_parser("demo", help="serve, submit a job and follow it, then keep serving")
+    demo.add_argument("file", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except ApiError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def serve_command(args) -> int:
+    from api.server import serve
+    from services.settings import get_settings
+    settings = get_settings()
+    print(f"crossfold API on http://{settings.api_host}:{settings.api_port} "
+          f"(data in {settings.data_dir.resolve()}); Ctrl-C stops it", flush=True)
+    serve(settings, with_ui=not args.no_ui)
+    return 0
+
+
+def api_command(args) -> int:
+    from api.server import run_api
+    from services.settings import get_settings
+    run_api(get_settings())
+    return 0
+
+
+def dispatcher_command(args) -> int:
+    from api.server import run_dispatcher
+    from services.settings import get_settings
+    run_dispatcher(get_settings())
+    return 0
+
+
+def read_spec(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ApiError(f"cannot read {path}: {error}") from error
+
+
+def submit_command(args) -> int:
+    client = JobsClient(args.url)
+    job = client.submit(read_spec(args.file))
+    print(f"submitted job {job['id']} ({job['name']})")
+    if not args.wait:
+        return 0
+    job = follow(lambda: client.get(job["id"]))
+    print(fold_table(job))
+    return 0 if job["status"] == "succeeded" else 1
+
+
+def status_command(args) -> int:
+    job = JobsClient(args.url).get(args.job_id)
+    print("\n".join(job_lines(job)))
+    if job["status"] in ("succeeded", "failed", "cancelled"):
+        print(fold_table(job))
+    if job["error"]:
+        print(f"error: {job['error']}")
+    return 0
+
+
+def list_command(args) -> int:
+    page = JobsClient(args.url).list(status=args.status, limit=args.limit)
+    for job in page["items"]:
+        accuracy = (job["summary"] or {}).get("test_accuracy_mean")
+        score = f"accuracy {accuracy:.4f}" if accuracy is not None else ""
+        print(f"{job['id']}  {job['created_at'][:19]}  {job['status']:<10} {job['name']:<24} {score}")
+    print(f"{len(page['items'])} of {page['total']} jobs")
+    return 0
+
+
+def cancel_command(args) -> int:
+    job = JobsClient(args.url).cancel(args.job_id)
+    state = "cancelled" if job["status"] == "cancelled" else "cancellation requested"
+    print(f"job {job['id']}: {state}")
+    return 0
+
+
+def demo_command(args) -> int:
+    """Start `crossfold serve`, run one job through it, then keep serving until Ctrl-C."""
+    spec = read_spec(args.file)
+    # A plain `kill` must stop the service too, not only Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve"])
+    client = JobsClient(args.url)
+    try:
+        wait_until_healthy(client, server)
+        job = client.submit(spec)
+        print(f"submitted job {job['id']} ({job['name']})", flush=True)
+        job = follow(lambda: client.get(job["id"]))
+        print(fold_table(job))
+        print(f"\nMLflow: {job['mlflow_url']}\nService still running; Ctrl-C stops it.", flush=True)
+        server.wait()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    return 0
+
+
+def wait_until_healthy(client: JobsClient, server: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not client.healthy():
+        if server.poll() is not None:
+            raise ApiError("the service exited while starting")
+        if time.monotonic() > deadline:
+            raise ApiError(f"the service did not answer within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+COMMANDS = {"serve": serve_command, "api": api_command, "dispatcher": dispatcher_command,
+            "submit": submit_command, "status": status_command, "list": list_command,
+            "cancel": cancel_command, "demo": demo_command}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""A small HTTP client for the job API, used by the CLI."""
+from __future__ import annotations
+
+import httpx
+
+
+class ApiError(Exception):
+    pass
+
+
+class JobsClient:
+    def __init__(self, url: str, timeout: float = 30.0):
+        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
+
+    def submit(self, spec: dict) -> dict:
+        return self._call("POST", "/jobs", json=spec)
+
+    def get(self, job_id: str) -> dict:
+        return self._call("GET", f"/jobs/{job_id}")
+
+    def list(self, status: str | None = None, limit: int = 50) -> dict:
+        params = {"limit": limit, **({"status": status} if status else {})}
+        return self._call("GET", "/jobs", params=params)
+
+    def cancel(self, job_id: str) -> dict:
+        return self._call("POST", f"/jobs/{job_id}/cancel")
+
+    def healthy(self) -> bool:
+        try:
+            return self.http.get("/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def _call(self, method: str, path: str, **kwargs) -> dict:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as error:
+            raise ApiError(f"cannot reach {self.http.base_url}: {error}") from error
+        if response.status_code >= 400:
+            raise ApiError(f"{response.status_code}: {describe_error(response)}")
+        return response.json()
+
+
+def describe_error(response: httpx.Response) -> str:
+    """422 details as 'field.path: rule' lines; anything else as the server said it."""
+    try:
+        detail = response.json()["detail"]
+    except (ValueError, KeyError):
+        return response.text
+    if isinstance(detail, list):
+        return "; ".join(".".join(str(p) for p in d["loc"][1:]) + f": {d['msg']}" for d in detail)
+    return str(detail)

@@ -1,0 +1,152 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from workers.early_stopping import EarlyStopping
+from workers.fold import FoldPlan, run_fold, standardize
+from workers.models import build_mlp
+from workers.optimizers import LectureMomentum, build_optimizer
+from workers.training import Split, TrainingDiverged, batch_starts, evaluate, fit, train_one_epoch
+
+JOB = {"model": {"type": "mlp", "hidden": [32], "batch_norm": True, "dropout": 0.1},
+       "optimizer": {"name": "adam", "lr": 0.01}, "batch_size": 16, "max_epochs": 20,
+       "early_stopping": {"monitor": "val_loss", "patience": 5, "min_delta": 0.0},
+       "cv": {"seed": 0}, "resources": {"cpus_per_fold": 1}}
+
+
+def blobs(n=120, features=4, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    x = rng.normal(size=(n, features)) + 3 * np.eye(classes, features)[y]
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def plan_for(n):
+    rows = np.arange(n)
+    return FoldPlan(0, rows[: n // 2], rows[n // 2: 3 * n // 4], rows[3 * n // 4:])
+
+
+def test_batch_starts_cover_every_row_including_the_partial_last_batch():
+    assert list(batch_starts(10, 4)) == [0, 4, 8]  # sizes 4, 4, 2
+    assert list(batch_starts(10, None)) == [0]      # full batch: one step per epoch
+    assert list(batch_starts(3, 1)) == [0, 1, 2]    # stochastic: one step per sample
+
+
+class CountingSGD(torch.optim.SGD):
+    steps = 0
+
+    def step(self, closure=None):
+        CountingSGD.steps += 1
+        return super().step(closure)
+
+
+@pytest.mark.parametrize("batch_size, steps", [(None, 1), (1, 10), (4, 3)])
+def test_steps_per_epoch_follow_the_batch_regime(batch_size, steps):
+    x, y = blobs(10)
+    model = build_mlp(4, 3, [8], batch_norm=False, dropout=0.0)
+    CountingSGD.steps = 0
+    train_one_epoch(model, CountingSGD(model.parameters(), lr=0.1), Split(torch.tensor(x), torch.tensor(y)),
+                    batch_size, torch.Generator().manual_seed(0))
+    assert CountingSGD.steps == steps
+
+
+def test_momentum_follows_the_lecture_formula():
+    torch.manual_seed(0)
+    w = torch.randn(5, requires_grad=True)
+    optimizer = LectureMomentum([w], lr=0.1, beta=0.9)
+    reference, velocity = w.detach().double().clone(), torch.zeros(5, dtype=torch.float64)
+    for _ in range(20):
+        loss = (w ** 2).sum() + w.sum()
+        optimizer.zero_grad()
+        loss.backward()
+        grad = w.grad.detach().double().clone()
+        optimizer.step()
+        velocity = 0.9 * velocity + 0.1 * grad  # V = βV + (1-β)dW, V₀ = 0
+        reference -= 0.1 * velocity
+        assert torch.allclose(w.detach().double(), reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "rmsprop", "adam"])
+def test_every_optimizer_learns_a_separable_problem(name):
+    x, y = blobs()
+    job = {**JOB, "optimizer": {"name": name, "lr": 0.05 if name in ("sgd", "momentum") else 0.01}}
+    outcome = run_fold(x, y, plan_for(len(y)), job, device=torch.device("cpu"), report=lambda r: None)
+    assert outcome.test_metrics["accuracy"] > 0.9
+
+
+def test_early_stopping_keeps_the_best_epoch_and_its_weights():
+    model = torch.nn.Linear(2, 1)
+    stopper = EarlyStopping(patience=2)
+    values = [1.0, 0.5, 0.7, 0.6]
+    stops = []
+    for epoch, value in enumerate(values, start=1):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        stops.append(stopper.on_epoch_end(epoch, {"val_loss": value}, model))
+    assert stops == [False, False, False, True]
+    assert stopper.best_epoch == 2
+    assert torch.all(stopper.best_state["weight"] == 2)  # a copy, not the live tensor
+
+
+def test_min_delta_ignores_tiny_improvements():
+    stopper = EarlyStopping(patience=1, min_delta=0.1)
+    model = torch.nn.Linear(1, 1)
+    stopper.on_epoch_end(1, {"val_loss": 1.0}, model)
+    assert stopper.on_epoch_end(2, {"val_loss": 0.95}, model) is True
+    assert stopper.best_epoch == 1
+
+
+def test_fit_restores_the_best_weights_before_testing():
+    x, y = blobs()
+    data = Split(torch.tensor(x), torch.tensor(y))
+    model = build_mlp(4, 3, [16], batch_norm=True, dropout=0.2)
+    stopper = EarlyStopping(patience=3)
+    result = fit(model, torch.optim.Adam(model.parameters(), 0.01), train=data, val=data, test=data,
+                 batch_size=16, max_epochs=30, stopper=stopper, seed=0)
+    best = result.history[result.best_epoch - 1]
+    assert best.val_loss == min(r.val_loss for r in result.history)
+    # The restored model scores exactly what it scored at its best epoch.
+    assert evaluate(model, data)[0] == pytest.approx(best.val_loss, rel=1e-5)
+
+
+def test_run_fold_reports_every_epoch_and_returns_a_loadable_checkpoint():
+    x, y = blobs()
+    reports = []
+    outcome = run_fold(x, y, plan_for(len(y)), JOB, device=torch.device("cpu"), report=reports.append)
+    assert [r.epoch for r in reports] == list(range(1, outcome.epochs_run + 1))
+    assert 1 <= outcome.best_epoch <= outcome.epochs_run
+    state = torch.load(io.BytesIO(outcome.checkpoint), weights_only=True)
+    model = build_mlp(4, 3, [32], batch_norm=True, dropout=0.1)
+    model.load_state_dict(state)  # plain torch is enough to use it
+
+
+def test_same_seed_gives_the_same_fold():
+    x, y = blobs()
+    runs = [run_fold(x, y, plan_for(len(y)), JOB, device=torch.device("cpu"), report=lambda r: None)
+            for _ in range(2)]
+    assert runs[0].test_metrics == runs[1].test_metrics
+
+
+def test_standardize_uses_training_rows_only():
+    x = np.array([[0.0], [2.0], [100.0]], dtype=np.float32)
+    scaled = standardize(x, np.array([0, 1]))
+    assert scaled[:2, 0].tolist() == [-1.0, 1.0]
+    assert scaled[2, 0] == pytest.approx(99.0)
+
+
+def test_a_diverging_loss_stops_the_fold_with_its_epoch():
+    x, y = blobs()
+    job = {**JOB, "model": {"type": "mlp", "hidden": [32], "batch_norm": False, "dropout": 0.0},
+           "optimizer": {"name": "sgd", "lr": 1e6}}
+    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at epoch \d+"):
+        run_fold(x * 1e3, y, plan_for(len(y)), job, device=torch.device("cpu"), report=lambda r: None)
+
+
+def test_build_optimizer_maps_the_lecture_hyperparameters():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    rms = build_optimizer(params, {"name": "rmsprop", "lr": 0.1, "beta": 0.8, "eps": 1e-6})
+    assert rms.defaults["alpha"] == 0.8 and rms.defaults["eps"] == 1e-6
+    adam = build_optimizer(params, {"name": "adam", "lr": 0.1})
+    assert adam.defaults["betas"] == (0.9, 0.98)
