@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,6 +36,13 @@ def create_app(settings: Settings | None = None,
 
 
 def add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, error: RequestValidationError):
+        # Field, rule and message only: echoing the input back would fail on NaN
+        # (not valid JSON) and repeat large bodies.
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
     @app.exception_handler(JobNotFound)
     async def not_found(_: Request, error: JobNotFound):
         return JSONResponse({"detail": f"job {error} not found"}, status_code=404)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_HIDDEN_LAYERS = 8
 MAX_LAYER_WIDTH = 4096
+MAX_BATCH_SIZE = 1_000_000
 
 
 class StrictModel(BaseModel):
@@ -100,11 +101,21 @@ class JobSpec(StrictModel):
     dataset: DatasetSpec
     model: MLPSpec = Field(default_factory=MLPSpec)
     optimizer: OptimizerSpec
-    batch_size: Union[Annotated[int, Field(ge=1, le=1_000_000)], Literal["full"]] = 64
+    batch_size: Union[int, Literal["full"]] = Field(
+        64, description='samples per mini-batch: 1 (stochastic) to 1,000,000, or "full" '
+                        '(classic gradient descent, one step per epoch)')
     max_epochs: int = Field(100, ge=1, le=10_000)
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     cv: CVSpec = Field(default_factory=CVSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size_rule(cls, value):
+        # One clear message instead of one per member of the int | "full" union.
+        if value == "full" or (type(value) is int and 1 <= value <= MAX_BATCH_SIZE):
+            return value
+        raise ValueError(f'must be an integer from 1 to {MAX_BATCH_SIZE:,} or "full"')
 
     @model_validator(mode="after")
     def _batch_norm_needs_two_samples(self):

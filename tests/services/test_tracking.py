@@ -1,0 +1,52 @@
+"""The MLflow layout, on a real local MLflow store."""
+import pytest
+from mlflow.tracking import MlflowClient
+
+from services.tracking import Tracker
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    tracker = Tracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                      artifacts_dir=tmp_path / "artifacts", ui_url="http://127.0.0.1:5000")
+    tracker.ensure_store()
+    return tracker
+
+
+def test_one_parent_run_with_nested_fold_runs(tracker):
+    experiment, parent, children = tracker.start_job(
+        job_id="j1", name="demo", params={"optimizer.name": "adam", "cv.folds": "3"}, n_folds=3)
+    client: MlflowClient = tracker.client
+    assert client.get_experiment(experiment).name == "demo"
+    run = client.get_run(parent)
+    assert run.data.params == {"optimizer.name": "adam", "cv.folds": "3"}
+    assert run.data.tags["crossfold.job_id"] == "j1"
+    for index, child in enumerate(children):
+        tags = client.get_run(child).data.tags
+        assert tags["mlflow.parentRunId"] == parent and tags["crossfold.fold"] == str(index)
+    assert tracker.experiment_id("demo") == experiment  # reused, not duplicated
+
+
+def test_fold_run_gets_epochs_checkpoint_and_test_metrics(tracker):
+    _, parent, (child,) = tracker.start_job(job_id="j1", name="demo", params={}, n_folds=1)
+    for epoch in (1, 2, 3):
+        tracker.log_epoch(child, epoch, {"train_loss": 1.0 / epoch, "val_loss": 2.0 / epoch})
+    tracker.finish_fold(child, status="succeeded", test_metrics={"accuracy": 0.9, "loss": 0.3},
+                        best_epoch=3, checkpoint=b"weights")
+    client = tracker.client
+    history = client.get_metric_history(child, "val_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.0), (3, 2.0 / 3)]
+    run = client.get_run(child)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test_accuracy"] == 0.9 and run.data.metrics["best_epoch"] == 3
+    assert [a.path for a in client.list_artifacts(child, "checkpoint")] == ["checkpoint/best.pt"]
+
+
+def test_job_run_gets_the_summary_and_fold_table(tracker):
+    _, parent, _ = tracker.start_job(job_id="j1", name="demo", params={}, n_folds=1)
+    tracker.finish_job(parent, status="failed", summary={"test_accuracy_mean": 0.8},
+                       table=[{"fold": 0, "status": "failed"}], error="fold 0 failed: boom")
+    run = tracker.client.get_run(parent)
+    assert run.info.status == "FAILED" and run.data.metrics["test_accuracy_mean"] == 0.8
+    assert run.data.tags["crossfold.error"] == "fold 0 failed: boom"
+    assert [a.path for a in tracker.client.list_artifacts(parent)] == ["fold_table.json"]
