@@ -23,8 +23,9 @@ def job_lines(job: dict) -> list[str]:
     return [header] + [fold_line(f, job["spec"]["max_epochs"]) for f in job["folds"]]
 
 
-def follow(fetch: Callable[[], dict], out: TextIO = sys.stdout, interval: float = 1.0) -> dict:
+def follow(fetch: Callable[[], dict], out: TextIO | None = None, interval: float = 1.0) -> dict:
     """Show a job's progress until it ends; redraws in place on a terminal."""
+    out = out or sys.stdout
     shown: list[str] = []
     while True:
         job = fetch()

@@ -29,7 +29,7 @@ def build_dispatcher(settings: Settings):
     engine = make_engine(settings.resolved_database_url())
     upgrade_schema(engine)
     tracker = Tracker(tracking_uri=settings.resolved_tracking_uri(),
-                      artifacts_dir=settings.artifacts_dir(), ui_url=settings.mlflow_ui_url)
+                      artifacts_dir=settings.artifacts_dir())
     tracker.ensure_store()
     cluster = Cluster(address=settings.ray_address, max_retries=settings.fold_max_retries)
     return Dispatcher(sessions=session_factory(engine), cluster=cluster, tracker=tracker,

@@ -40,8 +40,9 @@ class Settings(BaseSettings):
     def resolved_tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{self.data_dir.resolve() / 'mlflow.db'}"
 
-    def artifacts_dir(self) -> Path:
-        return self.data_dir.resolve() / "mlartifacts"
+    def artifacts_dir(self) -> Path | None:
+        """Artifacts of the local MLflow store; None when an MLflow server keeps them."""
+        return None if self.mlflow_tracking_uri else self.data_dir.resolve() / "mlartifacts"
 
 
 @lru_cache

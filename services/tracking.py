@@ -20,9 +20,11 @@ END_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"
 
 
 class Tracker:
-    def __init__(self, *, tracking_uri: str, artifacts_dir: Path, ui_url: str):
+    def __init__(self, *, tracking_uri: str, artifacts_dir: Path | None = None):
+        """`artifacts_dir`: where a local store keeps artifacts; None lets an MLflow
+        server choose (it proxies artifacts to its own storage)."""
         self.client = MlflowClient(tracking_uri)
-        self.artifacts_dir, self.ui_url = artifacts_dir, ui_url.rstrip("/")
+        self.artifacts_dir = artifacts_dir
 
     def ensure_store(self) -> None:
         """Create (and migrate) the store once, before anything else opens it: several
@@ -33,7 +35,7 @@ class Tracker:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
-        location = (self.artifacts_dir / name).resolve().as_uri()
+        location = (self.artifacts_dir / name).resolve().as_uri() if self.artifacts_dir else None
         return self.client.create_experiment(name, artifact_location=location)
 
     def start_job(self, *, job_id: str, name: str, params: dict[str, str],

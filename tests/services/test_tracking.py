@@ -8,7 +8,7 @@ from services.tracking import Tracker
 @pytest.fixture
 def tracker(tmp_path):
     tracker = Tracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                      artifacts_dir=tmp_path / "artifacts", ui_url="http://127.0.0.1:5000")
+                      artifacts_dir=tmp_path / "artifacts")
     tracker.ensure_store()
     return tracker
 

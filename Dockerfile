@@ -1,0 +1,10 @@
+# One image for every crossfold process: API, dispatcher, Ray head and workers, MLflow server.
+FROM python:3.11-slim
+WORKDIR /app
+# torch from PyPI: the default Linux wheel carries CUDA, which the GPU workers need.
+RUN pip install --no-cache-dir "torch>=2.4,<2.15"
+COPY pyproject.toml README.md ./
+COPY api api
+COPY services services
+COPY workers workers
+RUN pip install --no-cache-dir .

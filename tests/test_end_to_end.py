@@ -1,0 +1,143 @@
+"""Whole service: HTTP API (real uvicorn) → database → dispatcher → local Ray → MLflow.
+
+Runs once on SQLite and once on PostgreSQL, with the session's single Ray instance.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import statistics
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from api.cli import main as cli
+from api.main import create_app
+from services.cluster import Cluster
+from services.database import make_engine, session_factory, upgrade_schema
+from services.dispatcher import Dispatcher
+from services.settings import Settings
+from services.tracking import Tracker
+from tests.conftest import fresh_database, small_job
+
+FINISHED = {"succeeded", "failed", "cancelled"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def stack(request, ray_session, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(f"stack-{request.param}")
+    with fresh_database(request.param, folder) as url:
+        settings = Settings(data_dir=folder, database_url=url, api_port=free_port(),
+                            poll_interval_s=0.2)
+        engine = make_engine(url)
+        upgrade_schema(engine)
+        tracker = Tracker(tracking_uri=settings.resolved_tracking_uri(),
+                          artifacts_dir=settings.artifacts_dir())
+        dispatcher = Dispatcher(sessions=session_factory(engine), cluster=Cluster(),
+                                tracker=tracker, poll_interval_s=0.2)
+        stop = threading.Event()
+        threading.Thread(target=dispatcher.run_forever, args=(stop,), daemon=True).start()
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1",
+                                               port=settings.api_port, log_level="warning"))
+        threading.Thread(target=server.run, daemon=True).start()
+        base = f"http://127.0.0.1:{settings.api_port}"
+        wait_for(lambda: server.started, 30)
+        with httpx.Client(base_url=base, timeout=30) as http:
+            yield http, tracker
+        server.should_exit = True
+        stop.set()
+        engine.dispose()
+
+
+def wait_for(condition, timeout: float, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"not true within {timeout} s")
+
+
+def wait_until_finished(http, job_id: str, timeout: float = 180) -> dict:
+    return wait_for(lambda: (job := http.get(f"/jobs/{job_id}").json())["status"] in FINISHED
+                    and job, timeout)
+
+
+def test_a_job_runs_one_task_per_fold_and_lands_in_mlflow(stack):
+    http, tracker = stack
+    response = http.post("/jobs", json=small_job())
+    assert response.status_code == 201
+    job = wait_until_finished(http, response.json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+    folds = job["folds"]
+    assert [f["status"] for f in folds] == ["succeeded"] * 3
+    assert all(f["attempts"] == 1 and 1 <= f["best_epoch"] <= f["epoch"] for f in folds)
+    accuracies = [f["test_metrics"]["accuracy"] for f in folds]
+    assert job["summary"]["test_accuracy_mean"] == pytest.approx(statistics.fmean(accuracies))
+    assert job["summary"]["test_accuracy_std"] == pytest.approx(statistics.stdev(accuracies))
+    assert job["summary"]["test_accuracy_mean"] > 0.8
+    assert job["mlflow_url"].endswith(f"/runs/{job['mlflow_run_id']}")
+    check_mlflow(tracker.client, job)
+
+
+def check_mlflow(client, job: dict) -> None:
+    parent = client.get_run(job["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["crossfold.job_id"] == job["id"]
+    assert parent.data.params["optimizer.name"] == "adam" and parent.data.params["cv.folds"] == "3"
+    assert parent.data.metrics["test_accuracy_mean"] == pytest.approx(job["summary"]["test_accuracy_mean"])
+    for fold in job["folds"]:
+        run = client.get_run(fold["mlflow_run_id"])
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+        assert steps == list(range(1, fold["epoch"] + 1))  # every epoch, once, in order
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/best.pt"]
+        assert run.data.metrics["test_accuracy"] == pytest.approx(fold["test_metrics"]["accuracy"])
+
+
+def test_cancelling_a_running_job_stops_its_folds(stack):
+    http, tracker = stack
+    long_job = small_job(name="long", dataset={"name": "synthetic", "rows": 3000, "features": 20},
+                         max_epochs=5000, early_stopping={"patience": 1000})
+    job_id = http.post("/jobs", json=long_job).json()["id"]
+    # Progress reaches the job record while the folds run.
+    wait_for(lambda: any(f["epoch"] > 0 for f in http.get(f"/jobs/{job_id}").json()["folds"]), 60)
+    assert http.post(f"/jobs/{job_id}/cancel").json()["cancel_requested"] is True
+    job = wait_until_finished(http, job_id, timeout=30)
+    assert job["status"] == "cancelled"
+    assert {f["status"] for f in job["folds"]} == {"cancelled"}
+    assert tracker.client.get_run(job["mlflow_run_id"]).info.status == "KILLED"
+    for fold in job["folds"]:
+        assert tracker.client.get_run(fold["mlflow_run_id"]).info.status == "KILLED"
+    assert http.post(f"/jobs/{job_id}/cancel").status_code == 409
+
+
+def test_cli_submits_follows_lists_and_cancels(stack, tmp_path, capsys):
+    http, _ = stack
+    url = str(http.base_url).rstrip("/")
+    spec_file = tmp_path / "job.json"
+    spec_file.write_text(json.dumps(small_job(name="from-cli")))
+    assert cli(["--url", url, "submit", str(spec_file), "--wait"]) == 0
+    out = capsys.readouterr().out
+    assert "fold 2 [" in out and "succeeded" in out and "mean" in out and "std" in out
+    job_id = out.split("submitted job ")[1].split()[0]
+    assert cli(["--url", url, "status", job_id]) == 0
+    assert f"job {job_id} (from-cli): succeeded" in capsys.readouterr().out
+    assert cli(["--url", url, "list", "--status", "succeeded"]) == 0
+    assert job_id in capsys.readouterr().out
+    assert cli(["--url", url, "cancel", job_id]) == 1  # finished: the API says 409
+    assert "409" in capsys.readouterr().err
+    spec_file.write_text(json.dumps(small_job(optimizer={"name": "adam", "lr": -1})))
+    assert cli(["--url", url, "submit", str(spec_file)]) == 1
+    assert "optimizer.adam.lr: Input should be greater than 0" in capsys.readouterr().err

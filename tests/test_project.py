@@ -1,0 +1,79 @@
+"""The project's shape: the compose file, the import direction, the examples."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+import yaml
+
+from api.cli import build_parser
+from services.settings import Settings
+from services.spec import JobSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def test_compose_has_every_production_service():
+    assert set(SERVICES) == {"postgres", "mlflow", "ray-head", "ray-gpu-worker", "api", "dispatcher"}
+    gpu = SERVICES["ray-gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["capabilities"] == ["gpu"] and "--num-gpus=1" in SERVICES["ray-gpu-worker"]["command"]
+
+
+@pytest.mark.parametrize("name", [n for n, s in SERVICES.items() if "command" in s])
+def test_each_compose_command_is_a_real_entry_point(name):
+    command = SERVICES[name]["command"]
+    scripts = {ep.name for ep in entry_points(group="console_scripts")}
+    assert command[0] in scripts, f"{command[0]} is not an installed console script"
+    if command[0] == "crossfold":
+        build_parser().parse_args(command[1:])  # exits (fails the test) on an unknown command
+    else:
+        # The first word after the program is its subcommand; it must exist.
+        exe = Path(sys.executable).parent / command[0]
+        assert subprocess.run([str(exe), command[1], "--help"], capture_output=True,
+                              timeout=120).returncode == 0
+
+
+def test_compose_sets_only_settings_that_exist():
+    known = {f"CROSSFOLD_{name.upper()}" for name in Settings.model_fields}
+    known |= {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}
+    for name, service in SERVICES.items():
+        if service.get("image") == "crossfold:latest":
+            assert set(service["environment"]) <= known, name
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    ("workers", {"services", "api", "ray", "mlflow", "sqlalchemy", "fastapi"}),
+    ("services", {"api", "fastapi"}),
+])
+def test_imports_flow_api_to_services_to_workers(package, forbidden):
+    for path in (ROOT / package).rglob("*.py"):
+        assert not imports_of(path) & forbidden, f"{path} imports {imports_of(path) & forbidden}"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.json")), ids=lambda p: p.name)
+def test_examples_are_valid_jobs(path):
+    JobSpec.model_validate(json.loads(path.read_text()))
+
+
+@pytest.mark.parametrize("library, owner", [("ray", "cluster.py"), ("mlflow", "tracking.py")])
+def test_one_services_module_owns_each_heavy_dependency(library, owner):
+    users = {p.name for p in (ROOT / "services").rglob("*.py") if library in imports_of(p)}
+    assert users == {owner}
