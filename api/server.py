@@ -87,6 +87,9 @@ def serve(settings: Settings, *, with_ui: bool = True) -> None:
     thread = threading.Thread(target=dispatcher.run_forever, args=(stop,), daemon=True,
                               name="dispatcher")
     thread.start()
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it: make that a clean
+    # exit (0) that runs the clean-up below, whatever handler Ray installed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         if with_ui and not settings.mlflow_tracking_uri:
             with mlflow_ui(settings):
