@@ -13,7 +13,7 @@ import numpy as np
 import ray
 import torch
 
-from workers.fold import FoldOutcome, FoldPlan, run_fold
+from workers.fold import DataInfo, FoldOutcome, FoldPlan, run_fold
 from workers.training import EpochReport
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,8 @@ class ProgressBoard:
 
 
 @ray.remote
-def fold_task(data: tuple[np.ndarray, np.ndarray], plan: FoldPlan, job: dict, tag: dict,
-              board) -> FoldOutcome:
+def fold_task(data: tuple[np.ndarray, np.ndarray, DataInfo], plan: FoldPlan, job: dict,
+              tag: dict, board) -> FoldOutcome:
     cpus = job["resources"]["cpus_per_fold"]
     torch.set_num_threads(max(1, int(cpus)))  # no more threads than the task's CPU share
     use_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
@@ -47,7 +47,8 @@ def fold_task(data: tuple[np.ndarray, np.ndarray], plan: FoldPlan, job: dict, ta
         nonlocal last
         last = board.report.remote({**tag, "kind": "epoch", **vars(epoch)})
 
-    outcome = run_fold(data[0], data[1], plan, job, device=device, report=report)
+    x, y, info = data
+    outcome = run_fold(x, y, info, plan, job, device=device, report=report)
     # Calls from one caller to an actor run in order: once the last report is in,
     # every earlier one is too, so the dispatcher sees all epochs before the result.
     ray.get(last)

@@ -7,26 +7,39 @@ import numpy as np
 from sklearn import datasets as sk
 
 from services.spec import DatasetSpec
+from workers.fold import DataInfo
 
-LOADERS = {
+BUNDLED = {
     "digits": sk.load_digits,       # 8x8 images, flattened to 64 features
     "iris": sk.load_iris,
     "wine": sk.load_wine,
     "breast_cancer": sk.load_breast_cancer,
+    "diabetes": sk.load_diabetes,   # regression: disease progression after one year
 }
+REGRESSION = {"diabetes", "synthetic_regression"}
+IMAGE_SHAPES = {"digits": (1, 8, 8)}
+STRATA_FOR_REGRESSION = 5  # regression targets are stratified by their quintile
 
 
 @dataclass(frozen=True)
 class Dataset:
     x: np.ndarray  # float32, rows × features, not yet standardized
-    y: np.ndarray  # int64 class labels 0..n_classes-1
+    y: np.ndarray  # int64 class labels 0..n_classes-1, or float32 targets
+    info: DataInfo
 
     @property
     def n_classes(self) -> int:
-        return int(self.y.max()) + 1
+        return self.info.n_classes
 
-    def smallest_class(self) -> int:
-        return int(np.bincount(self.y).min())
+    def strata(self) -> np.ndarray:
+        """Labels whose proportions every fold keeps: the class, or the target's quintile."""
+        if self.info.task == "classification":
+            return self.y
+        edges = np.quantile(self.y, np.linspace(0, 1, STRATA_FOR_REGRESSION + 1)[1:-1])
+        return np.searchsorted(edges, self.y, side="right")
+
+    def smallest_stratum(self) -> int:
+        return int(np.bincount(self.strata()).min())
 
 
 def load_dataset(spec: DatasetSpec) -> Dataset:
@@ -35,6 +48,14 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
             n_samples=spec.rows, n_features=spec.features, n_classes=spec.classes,
             n_informative=max(2, min(spec.features, spec.classes * 2)),
             n_redundant=0, random_state=spec.seed)
+    elif spec.name == "synthetic_regression":
+        x, y = sk.make_regression(n_samples=spec.rows, n_features=spec.features,
+                                  n_informative=max(1, spec.features // 2), noise=10.0,
+                                  random_state=spec.seed)
     else:
-        x, y = LOADERS[spec.name](return_X_y=True)
-    return Dataset(x.astype(np.float32), y.astype(np.int64))
+        x, y = BUNDLED[spec.name](return_X_y=True)
+    shape = IMAGE_SHAPES.get(spec.name, (x.shape[1],))
+    if spec.name in REGRESSION:
+        return Dataset(x.astype(np.float32), y.astype(np.float32), DataInfo("regression", shape))
+    y = y.astype(np.int64)
+    return Dataset(x.astype(np.float32), y, DataInfo("classification", shape, int(y.max()) + 1))

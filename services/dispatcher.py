@@ -80,14 +80,15 @@ class Dispatcher:
     def start_job(self, session: Session, job: Job) -> None:
         spec = JobSpec.model_validate(job.spec)
         dataset = load_dataset(spec.dataset)
-        groups = make_groups(dataset.y, spec.cv.folds, seed=spec.cv.seed, stratify=spec.cv.stratify)
+        groups = make_groups(dataset.strata(), spec.cv.folds, seed=spec.cv.seed,
+                             stratify=spec.cv.stratify)
         experiment, parent, children = self.tracker.start_job(
             job_id=job.id, name=job.name, params=flatten(spec), n_folds=spec.cv.folds)
         job.mlflow_experiment_id, job.mlflow_run_id = experiment, parent
         for fold, run_id in zip(job.folds, children):
             fold.mlflow_run_id = run_id
         session.commit()
-        data = self.cluster.put((dataset.x, dataset.y))
+        data = self.cluster.put((dataset.x, dataset.y, dataset.info))
         active = ActiveJob(job.id)
         for fold in job.folds:
             plan = FoldPlan(fold.index, *fold_rows(groups, fold.index))
@@ -136,12 +137,11 @@ class Dispatcher:
     def record_epoch(self, fold: Fold, event: dict) -> None:
         if fold.status is FoldStatus.PENDING:
             move_fold(fold, FoldStatus.RUNNING)
+        metrics = event["metrics"]
         fold.epoch = event["epoch"]
-        fold.train_loss, fold.val_loss = event["train_loss"], event["val_loss"]
-        fold.val_accuracy = event["val_accuracy"]
-        self.tracker.log_epoch(fold.mlflow_run_id, event["epoch"], {
-            "train_loss": event["train_loss"], "val_loss": event["val_loss"],
-            "val_accuracy": event["val_accuracy"]})
+        fold.train_loss, fold.val_loss = metrics["train_loss"], metrics["val_loss"]
+        fold.val_accuracy = metrics.get("val_accuracy")  # None for regression
+        self.tracker.log_epoch(fold.mlflow_run_id, event["epoch"], metrics)
 
     # -- results -------------------------------------------------------------------
     def finished_tasks(self) -> dict[str, list[int]]:

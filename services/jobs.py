@@ -14,11 +14,16 @@ from services.states import FINISHED_JOB, JobStatus
 
 def check_against_data(spec: JobSpec) -> None:
     """Rules that depend on the dataset itself, checked before anything is stored."""
-    if spec.cv.stratify:
-        smallest = load_dataset(spec.dataset).smallest_class()
-        if spec.cv.folds > smallest:
-            raise InvalidJob("cv.folds", f"{spec.cv.folds} stratified folds need at least "
-                             f"{spec.cv.folds} samples per class; the smallest class has {smallest}")
+    data = load_dataset(spec.dataset)
+    if spec.cv.stratify and spec.cv.folds > (smallest := data.smallest_stratum()):
+        raise InvalidJob("cv.folds", f"{spec.cv.folds} stratified folds need at least "
+                         f"{spec.cv.folds} samples per class; the smallest class has {smallest}")
+    if spec.model.type == "cnn" and len(data.info.input_shape) != 3:
+        raise InvalidJob("model.type", f"a cnn needs an image dataset (digits); "
+                         f"{spec.dataset.name} is tabular")
+    if data.info.task == "regression" and spec.early_stopping.monitor == "val_accuracy":
+        raise InvalidJob("early_stopping.monitor", f"{spec.dataset.name} is a regression "
+                         "dataset: it has no accuracy; monitor val_loss")
 
 
 def create_job(*, session: Session, spec: JobSpec) -> Job:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator,
+                      model_validator)
 
 MAX_HIDDEN_LAYERS = 8
 MAX_LAYER_WIDTH = 4096
@@ -45,29 +46,56 @@ class RMSpropSpec(StrictModel):
 
 
 class AdamSpec(StrictModel):
-    """Momentum and RMSprop combined, with bias correction; β2 = 0.98 as in the lecture."""
+    """Momentum and RMSprop combined; β2 = 0.98 as in the lecture. Bias correction as
+    in Kingma and Ba, or off for the slide's uncorrected form."""
     name: Literal["adam"]
     lr: LearningRate
     beta1: Beta = 0.9
     beta2: Beta = 0.98
     eps: Epsilon = 1e-8
+    bias_correction: bool = True
 
 
 OptimizerSpec = Annotated[Union[SGDSpec, MomentumSpec, RMSpropSpec, AdamSpec],
                           Field(discriminator="name")]
 
 
+Width = Annotated[int, Field(ge=1, le=MAX_LAYER_WIDTH)]
+
+
 class MLPSpec(StrictModel):
+    """Dense layers, for tabular data."""
     type: Literal["mlp"] = "mlp"
-    hidden: list[Annotated[int, Field(ge=1, le=MAX_LAYER_WIDTH)]] = Field(
-        default_factory=lambda: [128, 64], min_length=1, max_length=MAX_HIDDEN_LAYERS)
+    hidden: list[Width] = Field(default_factory=lambda: [128, 64], min_length=1,
+                                max_length=MAX_HIDDEN_LAYERS)
     batch_norm: bool = False
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
+class CNNSpec(StrictModel):
+    """3×3 convolutions (one per entry of `channels`), then dense layers; image datasets only."""
+    type: Literal["cnn"]
+    channels: list[Annotated[int, Field(ge=1, le=512)]] = Field(
+        default_factory=lambda: [16, 32], min_length=1, max_length=4)
+    hidden: list[Width] = Field(default_factory=lambda: [64], max_length=MAX_HIDDEN_LAYERS)
+    batch_norm: bool = False
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+def _model_type(value) -> str:
+    # `type` may be left out: an MLP is the default model.
+    return value.get("type", "mlp") if isinstance(value, dict) else getattr(value, "type", "mlp")
+
+
+ModelSpec = Annotated[Union[Annotated[MLPSpec, Tag("mlp")], Annotated[CNNSpec, Tag("cnn")]],
+                      Discriminator(_model_type)]
+
+
 class DatasetSpec(StrictModel):
-    """A built-in dataset; `synthetic` takes its size from rows/features/classes."""
-    name: Literal["digits", "iris", "wine", "breast_cancer", "synthetic"]
+    """A built-in dataset; the synthetic ones take their size from rows/features/classes.
+    diabetes and synthetic_regression are regression tasks, the others classification."""
+    name: Literal["digits", "iris", "wine", "breast_cancer", "diabetes", "synthetic",
+                  "synthetic_regression"]
     rows: int = Field(1000, ge=30, le=2_000_000)
     features: int = Field(20, ge=2, le=1000)
     classes: int = Field(2, ge=2, le=100)
@@ -99,7 +127,7 @@ class ResourcesSpec(StrictModel):
 class JobSpec(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
     dataset: DatasetSpec
-    model: MLPSpec = Field(default_factory=MLPSpec)
+    model: ModelSpec = Field(default_factory=MLPSpec)
     optimizer: OptimizerSpec
     batch_size: Union[int, Literal["full"]] = Field(
         64, description='samples per mini-batch: 1 (stochastic) to 1,000,000, or "full" '
@@ -108,6 +136,8 @@ class JobSpec(StrictModel):
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     cv: CVSpec = Field(default_factory=CVSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    loss_ewma_beta: Beta = Field(0.9, description="β of the logged average of the training loss")
+    pack_folds: bool = Field(False, description="train all folds in one task as one stacked model")
 
     @field_validator("batch_size", mode="before")
     @classmethod

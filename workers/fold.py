@@ -1,8 +1,9 @@
 """One cross-validation fold, start to finish: prepare its data, train, test, checkpoint.
 
 The caller (a Ray task in production, a plain call in tests and benchmarks) passes
-the whole dataset, this fold's row indices and the job's settings as plain values;
-the fold reports each epoch through `report` and returns a `FoldOutcome`.
+the whole dataset, what it is (`DataInfo`), this fold's row indices and the job's
+settings as plain values; the fold reports each epoch through `report` and returns a
+`FoldOutcome`.
 """
 from __future__ import annotations
 
@@ -16,7 +17,15 @@ import torch
 from workers.early_stopping import EarlyStopping
 from workers.models import build_model
 from workers.optimizers import build_optimizer
-from workers.training import EpochReport, Split, fit
+from workers.tasks import Classification, Regression
+from workers.training import EpochReport, Split, Task, fit
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    task: str                      # "classification" or "regression"
+    input_shape: tuple[int, ...]   # (features,) or (channels, height, width)
+    n_classes: int = 0
 
 
 @dataclass(frozen=True)
@@ -38,12 +47,22 @@ class FoldOutcome:
 
 
 def standardize(x: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
-    """Scale features with the training rows' statistics only, so that nothing about
-    the validation or test rows leaks into training."""
+    """Scale with the training rows' statistics only, so that nothing about the
+    validation or test rows leaks into training."""
     mean = x[train_rows].mean(axis=0)
     std = x[train_rows].std(axis=0)
-    std[std == 0] = 1.0  # constant features (digits' blank pixels) stay at zero
+    std = np.where(std == 0, 1.0, std)  # constant features (digits' blank pixels) stay at zero
     return ((x - mean) / std).astype(np.float32)
+
+
+def prepare(x: np.ndarray, y: np.ndarray, info: DataInfo, train_rows: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, Task]:
+    """Standardized features and targets as the task wants them, and the task."""
+    x = standardize(x, train_rows)
+    if info.task == "classification":
+        return x, y.astype(np.int64), Classification(info.n_classes)
+    scale = float(y[train_rows].std()) or 1.0
+    return x, standardize(y, train_rows), Regression(target_scale=scale)
 
 
 def to_split(x: np.ndarray, y: np.ndarray, rows: np.ndarray, device: torch.device) -> Split:
@@ -56,24 +75,32 @@ def serialize(state: dict) -> bytes:
     return buffer.getvalue()
 
 
-def run_fold(x: np.ndarray, y: np.ndarray, plan: FoldPlan, job: dict, *,
+def fold_seed(job: dict, index: int) -> int:
+    return job["cv"]["seed"] * 1000 + index
+
+
+def make_stopper(job: dict) -> EarlyStopping:
+    stopping = job["early_stopping"]
+    return EarlyStopping(monitor=stopping["monitor"], patience=stopping["patience"],
+                         min_delta=stopping["min_delta"])
+
+
+def batch_size_of(job: dict) -> int | None:
+    return None if job["batch_size"] == "full" else job["batch_size"]
+
+
+def run_fold(x: np.ndarray, y: np.ndarray, info: DataInfo, plan: FoldPlan, job: dict, *,
              device: torch.device, report: Callable[[EpochReport], None]) -> FoldOutcome:
     """Train fold `plan.index` of a job whose spec (as a dict) is `job`."""
-    seed = job["cv"]["seed"] * 1000 + plan.index
+    seed = fold_seed(job, plan.index)
     torch.manual_seed(seed)  # same initial weights every time this fold runs
-    x = standardize(x, plan.train)
-    y = y.astype(np.int64)
-    n_classes = int(y.max()) + 1
-    model = build_model(job["model"], x.shape[1], n_classes).to(device)
+    x, y, task = prepare(x, y, info, plan.train)
+    model = build_model(job["model"], info.input_shape, task.n_outputs).to(device)
     optimizer = build_optimizer(model.parameters(), job["optimizer"])
-    stopping = job["early_stopping"]
-    stopper = EarlyStopping(monitor=stopping["monitor"], patience=stopping["patience"],
-                            min_delta=stopping["min_delta"])
-    batch_size = None if job["batch_size"] == "full" else job["batch_size"]
-    result = fit(model, optimizer, train=to_split(x, y, plan.train, device),
+    result = fit(model, optimizer, task, train=to_split(x, y, plan.train, device),
                  val=to_split(x, y, plan.val, device), test=to_split(x, y, plan.test, device),
-                 batch_size=batch_size, max_epochs=job["max_epochs"], stopper=stopper,
-                 seed=seed, on_epoch_end=report)
-    return FoldOutcome(plan.index, result.best_epoch, result.epochs_run,
-                       {"loss": result.test_loss, "accuracy": result.test_accuracy},
+                 batch_size=batch_size_of(job), max_epochs=job["max_epochs"],
+                 stopper=make_stopper(job), seed=seed, ewma_beta=job.get("loss_ewma_beta", 0.9),
+                 on_epoch_end=report)
+    return FoldOutcome(plan.index, result.best_epoch, result.epochs_run, result.test_metrics,
                        serialize(result.best_state))

@@ -1,35 +1,72 @@
-"""Models a job can ask for, built from the job's `model` section (a plain dict)."""
+"""Models a job can ask for, built from the job's `model` section (a plain dict).
+
+Both kinds have the lecture's two switches: batch normalization (normalize a layer's
+pre-activation by the mini-batch mean and variance, then scale by a learned γ and
+shift by a learned β: BatchNorm's weight and bias) and dropout (switch units off at
+random with probability p while training). In eval() mode batch norm uses its running
+statistics and dropout is off.
+"""
 from __future__ import annotations
+
+import math
 
 from torch import nn
 
 
-def build_model(config: dict, n_features: int, n_outputs: int) -> nn.Module:
+def build_model(config: dict, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
     if config["type"] == "mlp":
-        return build_mlp(n_features, n_outputs, config["hidden"],
-                         batch_norm=config.get("batch_norm", False),
-                         dropout=config.get("dropout", 0.0))
+        return build_mlp(math.prod(input_shape), n_outputs, config["hidden"],
+                         batch_norm=config.get("batch_norm", False), dropout=config.get("dropout", 0.0))
+    if config["type"] == "cnn":
+        return build_cnn(input_shape, n_outputs, config["channels"], config["hidden"],
+                         batch_norm=config.get("batch_norm", False), dropout=config.get("dropout", 0.0))
     raise ValueError(f"unknown model type {config['type']!r}")
+
+
+def dense_block(width_in: int, width_out: int, *, batch_norm: bool, dropout: float) -> list[nn.Module]:
+    # The bias is redundant when batch norm subtracts the mean right after.
+    layers: list[nn.Module] = [nn.Linear(width_in, width_out, bias=not batch_norm)]
+    if batch_norm:
+        layers.append(nn.BatchNorm1d(width_out))
+    layers.append(nn.ReLU())
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    return layers
 
 
 def build_mlp(n_features: int, n_outputs: int, hidden: list[int], *,
               batch_norm: bool, dropout: float) -> nn.Sequential:
-    """Linear → [BatchNorm] → ReLU → [Dropout] per hidden layer, then a linear head.
-
-    Batch norm sits before the activation, as in the lecture: it normalizes the
-    layer's pre-activation by the mini-batch mean and variance, then scales by γ
-    and shifts by β (BatchNorm1d's weight and bias).
-    """
+    """Linear → [BatchNorm] → ReLU → [Dropout] per hidden layer, then a linear head."""
     layers: list[nn.Module] = []
     width = n_features
     for size in hidden:
-        # The bias is redundant when batch norm subtracts the mean right after.
-        layers.append(nn.Linear(width, size, bias=not batch_norm))
+        layers += dense_block(width, size, batch_norm=batch_norm, dropout=dropout)
+        width = size
+    return nn.Sequential(*layers, nn.Linear(width, n_outputs))
+
+
+def build_cnn(input_shape: tuple[int, ...], n_outputs: int, channels: list[int], hidden: list[int],
+              *, batch_norm: bool, dropout: float) -> nn.Sequential:
+    """For small images given as flat rows (digits: 64 values → 1×8×8).
+
+    Per entry of `channels`: 3×3 conv → [BatchNorm2d] → ReLU → [Dropout] → 2×2 max-pool
+    (while the image is at least 2 pixels wide), then dense layers as in the MLP.
+    """
+    if len(input_shape) != 3:
+        raise ValueError(f"a cnn needs images (channels, height, width), not shape {input_shape}")
+    depth, height, width = input_shape
+    layers: list[nn.Module] = [nn.Unflatten(1, input_shape)]
+    for size in channels:
+        layers.append(nn.Conv2d(depth, size, kernel_size=3, padding=1, bias=not batch_norm))
         if batch_norm:
-            layers.append(nn.BatchNorm1d(size))
+            layers.append(nn.BatchNorm2d(size))
         layers.append(nn.ReLU())
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
-        width = size
-    layers.append(nn.Linear(width, n_outputs))
-    return nn.Sequential(*layers)
+        if min(height, width) >= 2:
+            layers.append(nn.MaxPool2d(2))
+            height, width = height // 2, width // 2
+        depth = size
+    layers.append(nn.Flatten())
+    return nn.Sequential(*layers, *build_mlp(depth * height * width, n_outputs, hidden,
+                                             batch_norm=batch_norm, dropout=dropout))

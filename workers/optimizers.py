@@ -6,7 +6,12 @@ How the lecture's symbols map onto torch (α = lr):
             SGD(momentum=β) starts its buffer at dW and has no (1-β) factor.
 - rmsprop:  S = βS + (1-β)dW²; W -= α dW / (√S + ε)     → torch.optim.RMSprop(alpha=β, eps=ε),
             whose update is exactly this (square_avg is S, ε added after the root).
-- adam:     V and S as above with β1, β2, bias-corrected → torch.optim.Adam(betas=(β1, β2), eps=ε).
+- adam:     V = β1 V + (1-β1)dW, S = β2 S + (1-β2)dW², V̂ = V/(1-β1ᵗ), Ŝ = S/(1-β2ᵗ),
+            W -= α V̂ / (√Ŝ + ε)                          → torch.optim.Adam(betas=(β1, β2), eps=ε):
+            torch computes α/(1-β1ᵗ) · V / (√S/√(1-β2ᵗ) + ε), the same expression.
+            With bias_correction off (the slide's form, W -= α V / (√S + ε)) torch has no
+            switch, so LectureAdam below does it.
+On CUDA, torch's optimizers use their fused (Adam) or foreach kernels.
 """
 from __future__ import annotations
 
@@ -42,8 +47,32 @@ class LectureMomentum(torch.optim.Optimizer):
         return state["velocity"]
 
 
+class LectureAdam(torch.optim.Optimizer):
+    """Adam without bias correction: V and S start at 0 and are used as they are."""
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float, beta1: float = 0.9,
+                 beta2: float = 0.98, eps: float = 1e-8):
+        super().__init__(params, {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for param in (p for p in group["params"] if p.grad is not None):
+                state = self.state[param]
+                if not state:
+                    state["V"], state["S"] = torch.zeros_like(param), torch.zeros_like(param)
+                grad = param.grad
+                state["V"].mul_(group["beta1"]).add_(grad, alpha=1 - group["beta1"])
+                state["S"].mul_(group["beta2"]).addcmul_(grad, grad, value=1 - group["beta2"])
+                param.addcdiv_(state["V"], state["S"].sqrt().add_(group["eps"]), value=-group["lr"])
+        return loss
+
+
 def build_optimizer(params, config: dict) -> torch.optim.Optimizer:
+    params = list(params)
     name, lr = config["name"], config["lr"]
+    on_cuda = bool(params) and params[0].is_cuda
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
     if name == "momentum":
@@ -52,6 +81,8 @@ def build_optimizer(params, config: dict) -> torch.optim.Optimizer:
         return torch.optim.RMSprop(params, lr=lr, alpha=config.get("beta", 0.9),
                                    eps=config.get("eps", 1e-8))
     if name == "adam":
-        betas = (config.get("beta1", 0.9), config.get("beta2", 0.98))
-        return torch.optim.Adam(params, lr=lr, betas=betas, eps=config.get("eps", 1e-8))
+        beta1, beta2, eps = config.get("beta1", 0.9), config.get("beta2", 0.98), config.get("eps", 1e-8)
+        if not config.get("bias_correction", True):
+            return LectureAdam(params, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
+        return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=eps, fused=on_cuda or None)
     raise ValueError(f"unknown optimizer {name!r}")

@@ -1,27 +1,27 @@
 """The training loop of one fold: mini-batches of device tensors, early stopping, test.
 
 Mini-batches are index slices of tensors that already sit on the device, not a
-per-sample DataLoader; losses accumulate on the device and are read back once per
-epoch, so the loop does one host synchronisation per epoch, not one per step.
+per-sample DataLoader. Losses and metric sums stay on the device and are read back
+once per epoch (one host synchronisation), not once per step.
 """
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from workers.early_stopping import EarlyStopping
+from workers.tasks import Classification, Regression
+
+EVAL_CHUNK = 8192  # rows per forward pass when evaluating; bounds the memory used
+Task = Classification | Regression
 
 
 class TrainingDiverged(RuntimeError):
     """The loss stopped being a finite number; the fold cannot go on."""
-
-EVAL_CHUNK = 8192  # rows per forward pass when evaluating; bounds the memory used
 
 
 @dataclass
@@ -36,91 +36,116 @@ class Split:
 @dataclass
 class EpochReport:
     epoch: int
-    train_loss: float
-    val_loss: float
-    val_accuracy: float
+    metrics: dict[str, float]  # train_loss, train_loss_ewma(_corrected), val_<metric>
 
 
 @dataclass
 class TrainResult:
     best_epoch: int
     epochs_run: int
-    test_loss: float
-    test_accuracy: float
+    test_metrics: dict[str, float]
     best_state: dict
     history: list[EpochReport] = field(default_factory=list)
+
+
+class LossAverage:
+    """Exponentially weighted average v_t = β v_{t-1} + (1-β) x_t with v_0 = 0; it
+    averages about 1/(1-β) values. Early values are biased toward 0, hence also
+    v_t / (1 - β^t)."""
+
+    def __init__(self, beta: float):
+        self.beta, self.value, self.count = beta, 0.0, 0
+
+    def update(self, x: float) -> tuple[float, float]:
+        self.count += 1
+        self.value = self.beta * self.value + (1 - self.beta) * x
+        return self.value, self.value / (1 - self.beta ** self.count)
 
 
 def batch_starts(n_rows: int, batch_size: int | None) -> range:
     """Start offsets of an epoch's mini-batches; `None` means the full batch.
 
     The last batch keeps the remainder (n_rows % batch_size rows), so every sample
-    is seen once per epoch.
+    is seen once per epoch; with batch norm a remainder of one sample is skipped.
     """
-    size = n_rows if batch_size is None else batch_size
-    return range(0, n_rows, size)
+    return range(0, n_rows, n_rows if batch_size is None else batch_size)
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
-                    batch_size: int | None, generator: torch.Generator) -> float:
-    """One pass over the training data in a fresh random order; returns the mean loss."""
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, data: Split,
+                    batch_size: int | None, generator: torch.Generator) -> torch.Tensor:
+    """One pass in a fresh random order; the mean loss, still on the device."""
     model.train()
     n = len(data)
     size = n if batch_size is None else batch_size
     order = torch.randperm(n, generator=generator).to(data.x.device)
+    skip_single = has_batch_norm(model)  # batch norm cannot estimate a variance from one row
     total = torch.zeros((), device=data.x.device)
     seen = 0
     for start in batch_starts(n, batch_size):
         idx = order[start:start + size]
-        if len(idx) == 1 and has_batch_norm(model):
-            continue  # batch norm cannot estimate a variance from one sample
-        loss = F.cross_entropy(model(data.x[idx]), data.y[idx])
+        if len(idx) == 1 and skip_single:
+            continue
+        loss = task.loss(model(data.x[idx]), data.y[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total += loss.detach() * len(idx)
         seen += len(idx)
-    return (total / max(seen, 1)).item()
+    return total / max(seen, 1)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Split) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy, in evaluation mode (running BN stats, no dropout)."""
+def evaluation_sums(model: nn.Module, task: Task, data: Split) -> torch.Tensor:
+    """The task's metric sums over a split, in evaluation mode (running batch-norm
+    statistics, no dropout), on the device."""
     model.eval()
-    loss_sum = torch.zeros((), device=data.x.device)
-    correct = torch.zeros((), device=data.x.device)
+    sums = None
     for start in range(0, len(data), EVAL_CHUNK):
-        logits = model(data.x[start:start + EVAL_CHUNK])
-        target = data.y[start:start + EVAL_CHUNK]
-        loss_sum += F.cross_entropy(logits, target, reduction="sum")
-        correct += (logits.argmax(1) == target).sum()
-    n = max(len(data), 1)
-    return (loss_sum / n).item(), (correct / n).item()
+        part = task.sums(model(data.x[start:start + EVAL_CHUNK]), data.y[start:start + EVAL_CHUNK])
+        sums = part if sums is None else sums + part
+    return sums
+
+
+def evaluate(model: nn.Module, task: Task, data: Split) -> dict[str, float]:
+    return task.metrics(evaluation_sums(model, task, data).tolist(), len(data))
 
 
 def has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def fit(model: nn.Module, optimizer: torch.optim.Optimizer, *, train: Split, val: Split,
-        test: Split, batch_size: int | None, max_epochs: int, stopper: EarlyStopping,
-        seed: int, on_epoch_end: Callable[[EpochReport], None] = lambda report: None,
-        ) -> TrainResult:
+def epoch_metrics(task: Task, train_loss: float, val_sums: list[float], n_val: int,
+                  average: LossAverage) -> dict[str, float]:
+    ewma, corrected = average.update(train_loss)
+    val = task.metrics(val_sums, n_val)
+    return {"train_loss": train_loss, "train_loss_ewma": ewma, "train_loss_ewma_corrected": corrected,
+            **{f"val_{name}": value for name, value in val.items()}}
+
+
+def check_finite(metrics: dict[str, float], epoch: int) -> None:
+    for name in ("train_loss", "val_loss"):
+        if not math.isfinite(metrics[name]):
+            raise TrainingDiverged(f"loss became {metrics[name]} at epoch {epoch} ({name})")
+
+
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, *, train: Split,
+        val: Split, test: Split, batch_size: int | None, max_epochs: int, stopper: EarlyStopping,
+        seed: int, ewma_beta: float = 0.9,
+        on_epoch_end: Callable[[EpochReport], None] = lambda report: None) -> TrainResult:
     """Train until early stopping, restore the best epoch's weights, then test them."""
     generator = torch.Generator().manual_seed(seed)
+    average = LossAverage(ewma_beta)
     history: list[EpochReport] = []
     for epoch in range(1, max_epochs + 1):
-        train_loss = train_one_epoch(model, optimizer, train, batch_size, generator)
-        val_loss, val_accuracy = evaluate(model, val)
-        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-            bad = train_loss if not math.isfinite(train_loss) else val_loss
-            raise TrainingDiverged(f"loss became {bad} at epoch {epoch}")
-        report = EpochReport(epoch, train_loss, val_loss, val_accuracy)
-        history.append(report)
-        on_epoch_end(report)
-        if stopper.on_epoch_end(epoch, {"val_loss": val_loss, "val_accuracy": val_accuracy}, model):
+        train_loss = train_one_epoch(model, optimizer, task, train, batch_size, generator)
+        # The epoch's single host synchronisation: training loss and validation sums together.
+        values = torch.cat([train_loss.reshape(1), evaluation_sums(model, task, val)]).tolist()
+        metrics = epoch_metrics(task, values[0], values[1:], len(val), average)
+        check_finite(metrics, epoch)
+        history.append(EpochReport(epoch, metrics))
+        on_epoch_end(history[-1])
+        if stopper.on_epoch_end(epoch, metrics, model):
             break
     model.load_state_dict(stopper.best_state)
-    test_loss, test_accuracy = evaluate(model, test)
-    return TrainResult(stopper.best_epoch, len(history), test_loss, test_accuracy,
+    return TrainResult(stopper.best_epoch, len(history), evaluate(model, task, test),
                        stopper.best_state, history)

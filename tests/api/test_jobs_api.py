@@ -29,15 +29,17 @@ def error_fields(response) -> list[str]:
     ({"optimizer": {"name": "rmsprop", "lr": 0.1, "eps": 0}}, "optimizer.rmsprop.eps", "greater than 0"),
     ({"optimizer": {"name": "lbfgs", "lr": 0.1}}, "optimizer", "sgd"),
     ({"cv": {"folds": 1}}, "cv.folds", "greater than or equal to 3"),
-    ({"model": {"hidden": [16], "dropout": 1.0}}, "model.dropout", "less than 1"),
-    ({"model": {"hidden": []}}, "model.hidden", "at least 1"),
-    ({"model": {"hidden": [100000]}}, "model.hidden.0", "less than or equal to 4096"),
+    ({"model": {"hidden": [16], "dropout": 1.0}}, "model.mlp.dropout", "less than 1"),
+    ({"model": {"hidden": []}}, "model.mlp.hidden", "at least 1"),
+    ({"model": {"hidden": [100000]}}, "model.mlp.hidden.0", "less than or equal to 4096"),
     ({"batch_size": 0}, "batch_size", "integer from 1 to 1,000,000 or \"full\""),
     ({"batch_size": "half"}, "batch_size", "integer from 1 to 1,000,000 or \"full\""),
     ({"dataset": "mnist"}, "dataset.name", "digits"),
     ({"max_epochs": 10**6}, "max_epochs", "less than or equal to 10000"),
     ({"learning_rate": 0.1}, "learning_rate", "Extra inputs are not permitted"),
     ({"batch_size": 1}, "", "batch normalization needs at least 2 samples"),
+    ({"model": {"type": "rnn"}}, "model", "mlp"),
+    ({"loss_ewma_beta": 1.5}, "loss_ewma_beta", "less than 1"),
 ])
 def test_invalid_specs_get_422_naming_the_field_and_nothing_is_stored(client, change, field, rule):
     response = submit(client, **change)
@@ -65,6 +67,24 @@ def test_data_dependent_rules_are_422_too(client):
     assert response.status_code == 422
     assert error_fields(response) == ["cv.folds"]
     assert client.get("/jobs").json()["total"] == 0
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"model": {"type": "cnn"}}, "model.type"),                       # iris is not an image
+    ({"dataset": "diabetes", "early_stopping": {"monitor": "val_accuracy"}}, "early_stopping.monitor"),
+])
+def test_rules_that_need_the_dataset(client, change, field):
+    response = submit(client, **change)
+    assert response.status_code == 422 and error_fields(response) == [field]
+
+
+def test_lecture_options_are_accepted(client):
+    response = submit(client, dataset="digits", model={"type": "cnn", "batch_norm": True},
+                      optimizer={"name": "adam", "lr": 0.001, "bias_correction": False},
+                      batch_size="full", loss_ewma_beta=0.8)
+    assert response.status_code == 201, response.text
+    spec = response.json()["spec"]
+    assert spec["optimizer"]["bias_correction"] is False and spec["model"]["channels"] == [16, 32]
 
 
 def test_unknown_job_is_404(client):

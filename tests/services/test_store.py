@@ -33,7 +33,8 @@ def test_a_new_job_is_queued_with_pending_folds(sessions):
         assert stored.status is JobStatus.QUEUED
         assert [(f.index, f.status) for f in stored.folds] == [(i, FoldStatus.PENDING) for i in range(3)]
         assert stored.spec["optimizer"] == {"name": "adam", "lr": 0.01, "beta1": 0.9,
-                                            "beta2": 0.98, "eps": 1e-8}
+                                            "beta2": 0.98, "eps": 1e-8,
+                                            "bias_correction": True}
 
 
 def test_more_stratified_folds_than_the_smallest_class_is_refused(sessions):

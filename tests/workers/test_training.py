@@ -5,10 +5,16 @@ import pytest
 import torch
 
 from workers.early_stopping import EarlyStopping
-from workers.fold import FoldPlan, run_fold, standardize
+from workers.fold import DataInfo, FoldPlan, run_fold, standardize
 from workers.models import build_mlp
 from workers.optimizers import LectureMomentum, build_optimizer
-from workers.training import Split, TrainingDiverged, batch_starts, evaluate, fit, train_one_epoch
+from workers.tasks import Classification
+from workers.training import (LossAverage, Split, TrainingDiverged, batch_starts, evaluate, fit,
+                              train_one_epoch)
+
+INFO = DataInfo("classification", (4,), 3)
+TASK = Classification(3)
+CPU = torch.device("cpu")
 
 JOB = {"model": {"type": "mlp", "hidden": [32], "batch_norm": True, "dropout": 0.1},
        "optimizer": {"name": "adam", "lr": 0.01}, "batch_size": 16, "max_epochs": 20,
@@ -47,8 +53,8 @@ def test_steps_per_epoch_follow_the_batch_regime(batch_size, steps):
     x, y = blobs(10)
     model = build_mlp(4, 3, [8], batch_norm=False, dropout=0.0)
     CountingSGD.steps = 0
-    train_one_epoch(model, CountingSGD(model.parameters(), lr=0.1), Split(torch.tensor(x), torch.tensor(y)),
-                    batch_size, torch.Generator().manual_seed(0))
+    train_one_epoch(model, CountingSGD(model.parameters(), lr=0.1), TASK,
+                    Split(torch.tensor(x), torch.tensor(y)), batch_size, torch.Generator().manual_seed(0))
     assert CountingSGD.steps == steps
 
 
@@ -72,7 +78,7 @@ def test_momentum_follows_the_lecture_formula():
 def test_every_optimizer_learns_a_separable_problem(name):
     x, y = blobs()
     job = {**JOB, "optimizer": {"name": name, "lr": 0.05 if name in ("sgd", "momentum") else 0.01}}
-    outcome = run_fold(x, y, plan_for(len(y)), job, device=torch.device("cpu"), report=lambda r: None)
+    outcome = run_fold(x, y, INFO, plan_for(len(y)), job, device=CPU, report=lambda r: None)
     assert outcome.test_metrics["accuracy"] > 0.9
 
 
@@ -103,18 +109,19 @@ def test_fit_restores_the_best_weights_before_testing():
     data = Split(torch.tensor(x), torch.tensor(y))
     model = build_mlp(4, 3, [16], batch_norm=True, dropout=0.2)
     stopper = EarlyStopping(patience=3)
-    result = fit(model, torch.optim.Adam(model.parameters(), 0.01), train=data, val=data, test=data,
-                 batch_size=16, max_epochs=30, stopper=stopper, seed=0)
-    best = result.history[result.best_epoch - 1]
-    assert best.val_loss == min(r.val_loss for r in result.history)
+    result = fit(model, torch.optim.Adam(model.parameters(), 0.01), TASK, train=data, val=data,
+                 test=data, batch_size=16, max_epochs=30, stopper=stopper, seed=0)
+    best = result.history[result.best_epoch - 1].metrics
+    assert best["val_loss"] == min(r.metrics["val_loss"] for r in result.history)
     # The restored model scores exactly what it scored at its best epoch.
-    assert evaluate(model, data)[0] == pytest.approx(best.val_loss, rel=1e-5)
+    assert evaluate(model, TASK, data)["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+    assert result.test_metrics["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
 
 
 def test_run_fold_reports_every_epoch_and_returns_a_loadable_checkpoint():
     x, y = blobs()
     reports = []
-    outcome = run_fold(x, y, plan_for(len(y)), JOB, device=torch.device("cpu"), report=reports.append)
+    outcome = run_fold(x, y, INFO, plan_for(len(y)), JOB, device=CPU, report=reports.append)
     assert [r.epoch for r in reports] == list(range(1, outcome.epochs_run + 1))
     assert 1 <= outcome.best_epoch <= outcome.epochs_run
     state = torch.load(io.BytesIO(outcome.checkpoint), weights_only=True)
@@ -124,7 +131,7 @@ def test_run_fold_reports_every_epoch_and_returns_a_loadable_checkpoint():
 
 def test_same_seed_gives_the_same_fold():
     x, y = blobs()
-    runs = [run_fold(x, y, plan_for(len(y)), JOB, device=torch.device("cpu"), report=lambda r: None)
+    runs = [run_fold(x, y, INFO, plan_for(len(y)), JOB, device=CPU, report=lambda r: None)
             for _ in range(2)]
     assert runs[0].test_metrics == runs[1].test_metrics
 
@@ -141,7 +148,7 @@ def test_a_diverging_loss_stops_the_fold_with_its_epoch():
     job = {**JOB, "model": {"type": "mlp", "hidden": [32], "batch_norm": False, "dropout": 0.0},
            "optimizer": {"name": "sgd", "lr": 1e6}}
     with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at epoch \d+"):
-        run_fold(x * 1e3, y, plan_for(len(y)), job, device=torch.device("cpu"), report=lambda r: None)
+        run_fold(x * 1e3, y, INFO, plan_for(len(y)), job, device=CPU, report=lambda r: None)
 
 
 def test_build_optimizer_maps_the_lecture_hyperparameters():
@@ -150,3 +157,56 @@ def test_build_optimizer_maps_the_lecture_hyperparameters():
     assert rms.defaults["alpha"] == 0.8 and rms.defaults["eps"] == 1e-6
     adam = build_optimizer(params, {"name": "adam", "lr": 0.1})
     assert adam.defaults["betas"] == (0.9, 0.98)
+
+
+def test_epoch_reports_carry_the_loss_average_beside_the_raw_loss():
+    x, y = blobs()
+    reports = []
+    run_fold(x, y, INFO, plan_for(len(y)), {**JOB, "loss_ewma_beta": 0.5}, device=CPU,
+             report=reports.append)
+    average = LossAverage(0.5)
+    for report in reports:
+        raw, corrected = average.update(report.metrics["train_loss"])
+        assert report.metrics["train_loss_ewma"] == pytest.approx(raw)
+        assert report.metrics["train_loss_ewma_corrected"] == pytest.approx(corrected)
+    assert {"val_loss", "val_accuracy", "val_f1"} <= set(reports[0].metrics)
+
+
+def test_loss_average_follows_the_lecture():
+    average = LossAverage(0.9)
+    assert average.update(10.0) == pytest.approx((1.0, 10.0))  # v₁ = 0.1·10; v₁/(1-0.9) = 10
+    assert average.update(10.0) == pytest.approx((1.9, 10.0))  # v₂ = 0.9·1 + 1; /(1-0.81) = 10
+
+
+def test_early_stopping_can_monitor_validation_accuracy():
+    stopper = EarlyStopping(monitor="val_accuracy", patience=1)
+    model = torch.nn.Linear(1, 1)
+    stopper.on_epoch_end(1, {"val_accuracy": 0.5}, model)
+    assert stopper.on_epoch_end(2, {"val_accuracy": 0.7}, model) is False
+    assert stopper.on_epoch_end(3, {"val_accuracy": 0.6}, model) is True
+    assert stopper.best_epoch == 2
+
+
+def test_regression_fold_reports_mae_and_r2():
+    from services.datasets import load_dataset  # test-only: real regression data
+    from services.spec import DatasetSpec
+    data = load_dataset(DatasetSpec(name="diabetes"))
+    job = {**JOB, "model": {"type": "mlp", "hidden": [32], "batch_norm": False, "dropout": 0.0},
+           "optimizer": {"name": "adam", "lr": 0.01}, "max_epochs": 60}
+    rows = np.random.default_rng(0).permutation(len(data.y))
+    plan = FoldPlan(0, rows[:260], rows[260:350], rows[350:])
+    outcome = run_fold(data.x, data.y, data.info, plan, job, device=CPU, report=lambda r: None)
+    assert set(outcome.test_metrics) == {"loss", "mae", "r2"}
+    assert outcome.test_metrics["r2"] > 0.3 and 30 < outcome.test_metrics["mae"] < 60
+
+
+def test_cnn_fold_learns_digits():
+    from services.datasets import load_dataset
+    from services.spec import DatasetSpec
+    data = load_dataset(DatasetSpec(name="digits"))
+    job = {**JOB, "model": {"type": "cnn", "channels": [8, 16], "hidden": [32], "batch_norm": True,
+                            "dropout": 0.1}, "max_epochs": 8}
+    rows = np.random.default_rng(0).permutation(len(data.y))
+    plan = FoldPlan(0, rows[:1000], rows[1000:1400], rows[1400:])
+    outcome = run_fold(data.x, data.y, data.info, plan, job, device=CPU, report=lambda r: None)
+    assert outcome.test_metrics["accuracy"] > 0.9
