@@ -190,22 +190,25 @@ class Dispatcher:
     def finish_job(self, session: Session, job_id: str) -> None:
         job = session.get(Job, job_id)
         session.refresh(job)
-        succeeded = [f for f in job.folds if f.status is FoldStatus.SUCCEEDED]
-        failed = [f for f in job.folds if f.status is FoldStatus.FAILED]
-        job.summary = summarize([f.test_metrics for f in succeeded])
-        if job.cancel_requested:
-            target = JobStatus.CANCELLED
-        elif failed:
-            target = JobStatus.FAILED
-            job.error = "; ".join(f"fold {f.index} failed: {f.error}" for f in failed)
-        else:
-            target = JobStatus.SUCCEEDED
+        target, error = self.outcome_of(job)
+        job.summary = summarize([f.test_metrics for f in job.folds if f.status is FoldStatus.SUCCEEDED])
+        job.error = error
+        # MLflow first: once the job reads as finished, its runs must be finished too.
+        self.tracker.finish_job(job.mlflow_run_id, status=target.value, summary=job.summary,
+                                table=fold_table(job.folds), error=error)
         move_job(job, target)
         session.commit()
-        self.tracker.finish_job(job.mlflow_run_id, status=target.value, summary=job.summary,
-                                table=fold_table(job.folds), error=job.error)
         del self.active[job_id]
         log.info("job %s %s", job_id, target.value)
+
+    @staticmethod
+    def outcome_of(job: Job) -> tuple[JobStatus, str | None]:
+        if job.cancel_requested:
+            return JobStatus.CANCELLED, None
+        failed = [f for f in job.folds if f.status is FoldStatus.FAILED]
+        if failed:
+            return JobStatus.FAILED, "; ".join(f"fold {f.index} failed: {f.error}" for f in failed)
+        return JobStatus.SUCCEEDED, None
 
     # -- cancellation --------------------------------------------------------------
     def carry_out_cancellations(self, session: Session) -> None:

@@ -1,0 +1,216 @@
+"""Training throughput of the crossfold core against reference loops, in one process.
+
+Reference workload: synthetic 10-class data (200,000 × 64), MLP 64-256-256-10 with batch
+norm and dropout 0.2, Adam (β = 0.9, 0.98), batch sizes 64, 256 and 1024. Each method
+trains the same model for about --seconds per batch size; the table gives samples/s
+and ratios within this run (the machines are shared: compare ratios, not absolutes).
+
+    python bench/train_throughput.py [--device cuda] [--rows 200000] [--seconds 3]
+
+Runs unchanged on CPU and GPU; the CUDA-graphed loop and fused kernels only on CUDA.
+Writes bench/results/train_throughput-<device>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from workers.models import build_model  # noqa: E402
+from workers.optimizers import build_optimizer  # noqa: E402
+from workers.tasks import Classification  # noqa: E402
+from workers.training import Split, train_one_epoch  # noqa: E402
+
+FEATURES, CLASSES = 64, 10
+MODEL = {"type": "mlp", "hidden": [256, 256], "batch_norm": True, "dropout": 0.2}
+ADAM = {"name": "adam", "lr": 1e-3, "beta1": 0.9, "beta2": 0.98, "eps": 1e-8}
+STEPS_PER_CORE_EPOCH = 200  # the core is timed over epochs of this many steps
+
+
+def make_data(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, FEATURES, generator=generator)
+    y = (x[:, :10].argmax(1) + (x[:, 10] > 1).long()) % CLASSES
+    return x, y
+
+
+def new_model(device):
+    torch.manual_seed(0)
+    model = build_model(MODEL, (FEATURES,), CLASSES).to(device)
+    return model, build_optimizer(model.parameters(), ADAM)
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(run_chunk, device, seconds: float) -> float:
+    """Samples/s of `run_chunk` (which trains and returns how many samples it saw)."""
+    run_chunk()  # warm-up: allocations, kernel selection, graph capture
+    sync(device)
+    samples, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        samples += run_chunk()
+        sync(device)
+    return samples / (time.perf_counter() - start)
+
+
+def dataloader_loop(x, y, batch, device, seconds):
+    """The textbook loop: a shuffling DataLoader over a TensorDataset, copied per batch."""
+    from torch.utils.data import DataLoader, TensorDataset
+    model, optimizer = new_model(device)
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, drop_last=True)
+    batches = iter(loader)
+
+    def chunk():
+        nonlocal batches
+        for _ in range(20):
+            try:
+                xb, yb = next(batches)
+            except StopIteration:
+                batches = iter(loader)
+                xb, yb = next(batches)
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return 20 * batch
+    return timed(chunk, device, seconds)
+
+
+def tight_loop(x, y, batch, device, seconds):
+    """The fastest plain loop: data on the device, index slices of a permutation."""
+    model, optimizer = new_model(device)
+    xd, yd = x.to(device), y.to(device)
+    model.train()
+
+    def chunk():
+        order = torch.randperm(len(yd), device=device)
+        for step in range(STEPS_PER_CORE_EPOCH):
+            idx = order[step * batch:(step + 1) * batch]
+            loss = F.cross_entropy(model(xd[idx]), yd[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return STEPS_PER_CORE_EPOCH * batch
+    return timed(chunk, device, seconds)
+
+
+def core_loop(x, y, batch, device, seconds):
+    """crossfold's own epoch function, as a fold task runs it."""
+    model, optimizer = new_model(device)
+    rows = min(len(y), batch * STEPS_PER_CORE_EPOCH)
+    data = Split(x[:rows].to(device), y[:rows].to(device))
+    task, generator = Classification(CLASSES), torch.Generator().manual_seed(0)
+
+    def chunk():
+        train_one_epoch(model, optimizer, task, data, batch, generator).item()
+        return rows
+    return timed(chunk, device, seconds)
+
+
+def graphed_loop(x, y, batch, device, seconds):
+    """The tight loop with forward, backward and Adam captured in one CUDA graph."""
+    model, _ = new_model(device)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3, betas=(0.9, 0.98), capturable=True)
+    xd, yd = x.to(device), y.to(device)
+    idx = torch.randint(0, len(yd), (batch,), device=device)
+
+    def step():
+        F.cross_entropy(model(xd[idx]), yd[idx]).backward()
+        optimizer.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            optimizer.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        step()
+
+    def chunk():
+        order = torch.randperm(len(yd), device=device)
+        for s in range(STEPS_PER_CORE_EPOCH):
+            idx.copy_(order[s * batch:(s + 1) * batch])
+            graph.replay()
+        return STEPS_PER_CORE_EPOCH * batch
+    return timed(chunk, device, seconds)
+
+
+def methods(device) -> dict:
+    found = {"dataloader": dataloader_loop, "tight": tight_loop, "core": core_loop}
+    if device.type == "cuda":
+        found["graphed"] = graphed_loop
+    return found
+
+
+def run(device: torch.device, rows: int, seconds: float, batches: list[int]) -> dict:
+    x, y = make_data(rows)
+    table = {}
+    for batch in batches:
+        row = {}
+        for name, method in methods(device).items():
+            try:
+                row[name] = method(x, y, batch, device, seconds)
+            except Exception as error:  # one failing method must not lose the others
+                print(f"  {name} at batch {batch} failed: {type(error).__name__}: {error}")
+                row[name] = float("nan")
+        table[batch] = row
+    return table
+
+
+def ratios(row: dict) -> dict:
+    out = {"core/tight": row["core"] / row["tight"], "core/dataloader": row["core"] / row["dataloader"]}
+    if "graphed" in row:
+        out["core/graphed"] = row["core"] / row["graphed"]
+    return out
+
+
+def print_table(table: dict) -> None:
+    names = list(next(iter(table.values())))
+    print(f"{'batch':>6} " + " ".join(f"{n:>12}" for n in names) + "   ratios")
+    for batch, row in table.items():
+        cells = " ".join(f"{row[n] / 1e3:>10.1f}k" for n in names)
+        print(f"{batch:>6} {cells}   " + "  ".join(f"{k} {v:.2f}" for k, v in ratios(row).items()))
+    print("(samples/s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024])
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.rows} rows")
+    table = run(device, args.rows, args.seconds, args.batches)
+    print_table(table)
+    out = ROOT / "bench" / "results" / f"train_throughput-{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"device": str(device), "device_name": name, "torch": torch.__version__,
+                               "rows": args.rows, "seconds": args.seconds,
+                               "samples_per_s": table, "ratios": {b: ratios(r) for b, r in table.items()}},
+                              indent=2))
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
