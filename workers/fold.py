@@ -18,7 +18,13 @@ from workers.early_stopping import EarlyStopping
 from workers.models import build_model
 from workers.optimizers import build_optimizer
 from workers.tasks import Classification, Regression
-from workers.training import EpochReport, Split, Task, fit
+from workers.packed_model import PackedMLP
+from workers.packed_optimizer import PackedOptimizer
+from workers.packed_training import PackedFold, Stack, fit_packed
+from workers.training import EpochReport, LossAverage, Split, Task, fit
+
+
+FEATURE_DTYPE = np.float32  # what models train in; tests switch to float64 for exact comparisons
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ def standardize(x: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
     mean = x[train_rows].mean(axis=0)
     std = x[train_rows].std(axis=0)
     std = np.where(std == 0, 1.0, std)  # constant features (digits' blank pixels) stay at zero
-    return ((x - mean) / std).astype(np.float32)
+    return ((x - mean) / std).astype(FEATURE_DTYPE)
 
 
 def prepare(x: np.ndarray, y: np.ndarray, info: DataInfo, train_rows: np.ndarray
@@ -104,3 +110,32 @@ def run_fold(x: np.ndarray, y: np.ndarray, info: DataInfo, plan: FoldPlan, job: 
                  on_epoch_end=report)
     return FoldOutcome(plan.index, result.best_epoch, result.epochs_run, result.test_metrics,
                        serialize(result.best_state))
+
+
+def run_packed_folds(x: np.ndarray, y: np.ndarray, info: DataInfo, plans: list[FoldPlan], job: dict, *,
+                     device: torch.device, report: Callable[[int, EpochReport], None]
+                     ) -> list[FoldOutcome | str]:
+    """Train all of a job's folds in one stacked model (pack_folds); per fold, its outcome
+    or the reason it failed. Each fold starts from the weights its unpacked run would."""
+    if job["model"]["type"] != "mlp":
+        raise ValueError("pack_folds supports mlp models only")
+    models, folds, splits = [], [], {"train": [], "val": [], "test": []}
+    for plan in plans:
+        seed = fold_seed(job, plan.index)
+        torch.manual_seed(seed)
+        fx, fy, task = prepare(x, y, info, plan.train)
+        models.append(build_model(job["model"], info.input_shape, task.n_outputs))
+        folds.append(PackedFold(plan.index, seed, task, make_stopper(job),
+                                LossAverage(job.get("loss_ewma_beta", 0.9))))
+        for name in splits:
+            splits[name].append(to_split(fx, fy, getattr(plan, name), device))
+    model = PackedMLP(models).to(device)
+    optimizer = PackedOptimizer(model.parameters(), job["optimizer"], len(plans))
+    results = fit_packed(model, optimizer, folds, train=Stack.of(splits["train"]),
+                         val=Stack.of(splits["val"]), test=Stack.of(splits["test"]),
+                         batch_size=batch_size_of(job), max_epochs=job["max_epochs"],
+                         batch_norm=job["model"].get("batch_norm", False), on_epoch_end=report)
+    return [result if isinstance(result, str) else
+            FoldOutcome(plan.index, result.best_epoch, result.epochs_run, result.test_metrics,
+                        serialize(result.best_state))
+            for plan, result in zip(plans, results)]

@@ -89,7 +89,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Ta
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += loss.detach() * len(idx)
+        total.add_(loss.detach(), alpha=len(idx))
         seen += len(idx)
     return total / max(seen, 1)
 

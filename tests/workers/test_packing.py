@@ -1,0 +1,141 @@
+"""Packed training (all folds as one stacked model) against unpacked training."""
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from workers.fold import DataInfo, FoldPlan, run_fold, run_packed_folds
+from workers.models import build_model
+
+CPU = torch.device("cpu")
+INFO = DataInfo("classification", (5,), 3)
+
+
+def blobs(n=103, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.normal(size=(n, 5)) + 2 * np.eye(3, 5)[y]
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def plans(n, k=3):
+    """Rotating folds of unequal sizes (103 rows in 3 groups: 35, 34, 34)."""
+    groups = np.array_split(np.random.default_rng(1).permutation(n), k)
+    return [FoldPlan(i, np.sort(np.concatenate([g for j, g in enumerate(groups) if j not in (i, (i + 1) % k)])),
+                     groups[(i + 1) % k], groups[i]) for i in range(k)]
+
+
+def job_for(optimizer: dict, batch_size=8, batch_norm=True) -> dict:
+    return {"model": {"type": "mlp", "hidden": [16, 8], "batch_norm": batch_norm, "dropout": 0.0},
+            "optimizer": optimizer, "batch_size": batch_size, "max_epochs": 12,
+            "early_stopping": {"monitor": "val_loss", "patience": 3, "min_delta": 0.0},
+            "cv": {"seed": 0}, "loss_ewma_beta": 0.9}
+
+
+OPTIMIZERS = [{"name": "sgd", "lr": 0.1}, {"name": "momentum", "lr": 0.1, "beta": 0.9},
+              {"name": "rmsprop", "lr": 0.01, "beta": 0.9, "eps": 1e-8},
+              {"name": "adam", "lr": 0.01, "beta1": 0.9, "beta2": 0.98, "eps": 1e-8}]
+
+
+@pytest.fixture
+def float64(monkeypatch):
+    """Exact comparisons: in float32, training amplifies rounding differences between
+    the batched and the plain matrix products; in float64 they stay at ~1e-13."""
+    import workers.fold
+    monkeypatch.setattr(workers.fold, "FEATURE_DTYPE", np.float64)
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def run_both(job, x, y, fold_plans):
+    unpacked_reports = {p.index: [] for p in fold_plans}
+    unpacked = [run_fold(x, y, INFO, p, job, device=CPU, report=unpacked_reports[p.index].append)
+                for p in fold_plans]
+    packed_reports = {p.index: [] for p in fold_plans}
+    packed = run_packed_folds(x, y, INFO, fold_plans, job, device=CPU,
+                              report=lambda i, r: packed_reports[i].append(r))
+    return unpacked, unpacked_reports, packed, packed_reports
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=lambda o: o["name"])
+@pytest.mark.parametrize("batch_size", [8, 17, "full"])
+def test_packed_folds_train_exactly_like_unpacked_ones(float64, optimizer, batch_size):
+    x, y = blobs()
+    unpacked, unpacked_reports, packed, packed_reports = run_both(
+        job_for(optimizer, batch_size), x, y, plans(len(y)))
+    for alone, together in zip(unpacked, packed):
+        assert together.best_epoch == alone.best_epoch and together.epochs_run == alone.epochs_run
+        assert together.test_metrics == pytest.approx(alone.test_metrics, rel=1e-9, abs=1e-12)
+        for a, b in zip(unpacked_reports[alone.index], packed_reports[alone.index]):
+            assert b.metrics == pytest.approx(a.metrics, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS[2:], ids=lambda o: o["name"])
+def test_packed_folds_agree_in_float32_too(optimizer):
+    x, y = blobs()
+    unpacked, _, packed, _ = run_both(job_for(optimizer), x, y, plans(len(y)))
+    for alone, together in zip(unpacked, packed):
+        assert together.test_metrics["loss"] == pytest.approx(alone.test_metrics["loss"], rel=1e-2)
+
+
+def test_a_stopped_fold_is_frozen_while_the_others_train(float64):
+    x, y = blobs()
+    job = job_for(OPTIMIZERS[3])
+    job["early_stopping"]["patience"] = 1  # stop early, at different epochs
+    job["max_epochs"] = 30
+    unpacked, _, packed, _ = run_both(job, x, y, plans(len(y)))
+    assert len({p.epochs_run for p in packed}) > 1  # folds stopped at different epochs
+    for alone, together in zip(unpacked, packed):
+        assert together.epochs_run == alone.epochs_run
+        assert together.test_metrics == pytest.approx(alone.test_metrics, rel=1e-9)
+
+
+def test_packed_checkpoints_load_into_the_plain_model():
+    x, y = blobs()
+    job = job_for(OPTIMIZERS[3])
+    for outcome in run_packed_folds(x, y, INFO, plans(len(y)), job, device=CPU, report=lambda i, r: None):
+        model = build_model(job["model"], (5,), 3)
+        model.load_state_dict(torch.load(io.BytesIO(outcome.checkpoint), weights_only=True))
+
+
+def test_each_packed_fold_draws_its_own_dropout_masks():
+    from workers.packed_model import PackedMLP
+    torch.manual_seed(0)
+    models = [build_model({"type": "mlp", "hidden": [64], "batch_norm": False, "dropout": 0.5}, (5,), 3)
+              for _ in range(3)]
+    packed = PackedMLP(models)
+    for k in range(1, 3):  # same weights everywhere, so only the masks can differ
+        packed.load_fold_state_dict(k, packed.fold_state_dict(0))
+    packed.train()
+    out = packed(torch.randn(1, 4, 5).expand(3, 4, 5).contiguous())
+    assert not torch.equal(out[0], out[1]) and not torch.equal(out[1], out[2])
+
+
+def test_diverging_folds_fail_with_their_epoch_and_the_rest_finish():
+    x, y = blobs()
+    job = job_for({"name": "sgd", "lr": 1e6}, batch_norm=False)
+    results = run_packed_folds(x, y, INFO, plans(len(y)), job, device=CPU, report=lambda i, r: None)
+    failed = [r for r in results if isinstance(r, str)]
+    # With this seed folds 0 and 1 blow up at once; fold 2's ReLUs die and it carries on.
+    assert failed == ["loss became nan at epoch 1 (train_loss)"] * 2
+    assert results[2].epochs_run > 1
+
+
+def test_a_diverging_fold_stops_alone_and_the_others_go_on():
+    from workers.early_stopping import EarlyStopping
+    from workers.packed_model import PackedMLP
+    from workers.packed_training import PackedFold, end_epoch
+    from workers.tasks import Classification
+    from workers.training import LossAverage
+    task = Classification(2)
+    folds = [PackedFold(i, i, task, EarlyStopping(patience=5), LossAverage(0.9)) for i in range(3)]
+    model = PackedMLP([build_model({"type": "mlp", "hidden": [4]}, (2,), 2) for _ in range(3)])
+    sums = [1.0, 5.0, 0.0, 0.0, 5.0]  # loss sum, then a 2×2 confusion matrix
+    values = [0.5, float("nan"), 0.5] + sums * 3
+    reported = []
+    end_epoch(model, folds, 1, values, [10, 10, 10], lambda i, r: reported.append(i))
+    assert reported == [0, 2]
+    assert [f.active for f in folds] == [True, False, True]
+    assert folds[1].error == "loss became nan at epoch 1 (train_loss)"

@@ -1,0 +1,61 @@
+"""The lecture's four update rules for stacked parameters, one fold per row of dim 0.
+
+`step(active)` updates only the folds marked active: a fold that has stopped early, or
+has no rows in this step, keeps its weights and its optimizer state (a zero gradient
+is not enough: momentum and Adam would still move the weights). Adam counts its
+bias-correction step t per fold for the same reason. The formulas are the same as
+workers.optimizers (tests check packed against unpacked training).
+"""
+from __future__ import annotations
+
+import torch
+
+
+class PackedOptimizer:
+    def __init__(self, params, config: dict, k: int):
+        self.params = [p for p in params]
+        self.config, self.k = config, k
+        self.state = [{"V": torch.zeros_like(p), "S": torch.zeros_like(p)} for p in self.params]
+        self.t = torch.zeros(k, device=self.params[0].device)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, active: torch.Tensor) -> None:
+        """`active`: bool [k], the folds that take this step."""
+        self.t += active.to(self.t.dtype)
+        for param, state in zip(self.params, self.state):
+            if param.grad is None:
+                continue
+            shape = (self.k,) + (1,) * (param.dim() - 1)
+            on = active.view(shape)
+            update = self.update(param.grad, state, on, self.t.view(shape))
+            param.sub_(torch.where(on, update, torch.zeros_like(update)))
+
+    def update(self, grad, state, on, t) -> torch.Tensor:
+        """The amount to subtract from W for active folds; moves V and S where `on`."""
+        c = self.config
+        name, lr = c["name"], c["lr"]
+        if name == "sgd":
+            return lr * grad
+        if name == "momentum":
+            blend(state["V"], on, c.get("beta", 0.9), grad)
+            return lr * state["V"]
+        if name == "rmsprop":
+            blend(state["S"], on, c.get("beta", 0.9), grad * grad)
+            return lr * grad / (state["S"].sqrt() + c.get("eps", 1e-8))
+        beta1, beta2, eps = c.get("beta1", 0.9), c.get("beta2", 0.98), c.get("eps", 1e-8)
+        blend(state["V"], on, beta1, grad)
+        blend(state["S"], on, beta2, grad * grad)
+        v, s = state["V"], state["S"]
+        if c.get("bias_correction", True):
+            t = t.clamp(min=1)  # inactive folds that never stepped: avoid 0/0 (masked anyway)
+            v, s = v / (1 - beta1 ** t), s / (1 - beta2 ** t)
+        return lr * v / (s.sqrt() + eps)
+
+
+def blend(average: torch.Tensor, on: torch.Tensor, beta: float, value: torch.Tensor) -> None:
+    """average = β·average + (1-β)·value, for the active folds only (v₀ = 0)."""
+    average.copy_(torch.where(on, beta * average + (1 - beta) * value, average))

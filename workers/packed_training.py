@@ -1,0 +1,169 @@
+"""Training all k folds of a job at once, as one stacked model (job option pack_folds).
+
+Each fold keeps what it would have alone: its own data and shuffling order (its own
+generator, seeded as in the unpacked run), batch-norm statistics, dropout masks, early
+stopping and best checkpoint. Folds whose training sets differ in size share each
+step through a row mask; a fold that has stopped, or has no rows left in this epoch,
+is frozen by the optimizer rather than stepped with a zero gradient.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from workers.early_stopping import EarlyStopping
+from workers.packed_model import PackedMLP
+from workers.packed_optimizer import PackedOptimizer
+from workers.training import (EVAL_CHUNK, EpochReport, LossAverage, Split, Task, TrainingDiverged,
+                              TrainResult, check_finite, epoch_metrics)
+
+
+@dataclass
+class Stack:
+    """k splits padded to one tensor: x [k, rows, features], y [k, rows], sizes [k]."""
+    x: torch.Tensor
+    y: torch.Tensor
+    sizes: list[int]
+
+    @classmethod
+    def of(cls, splits: list[Split]) -> "Stack":
+        rows = max(len(s) for s in splits)
+        x = splits[0].x.new_zeros((len(splits), rows, *splits[0].x.shape[1:]))
+        y = splits[0].y.new_zeros((len(splits), rows))
+        for k, split in enumerate(splits):
+            x[k, :len(split)], y[k, :len(split)] = split.x, split.y
+        return cls(x, y, [len(s) for s in splits])
+
+
+@dataclass
+class PackedFold:
+    """One fold's own state inside the pack."""
+    index: int
+    seed: int
+    task: Task  # per fold: a regression fold scales its MAE by its own training targets
+    stopper: EarlyStopping
+    average: LossAverage
+    generator: torch.Generator = field(init=False)
+    active: bool = True
+    history: list[EpochReport] = field(default_factory=list)
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+
+class FoldView:
+    """What EarlyStopping needs of a model (state_dict), for one fold of the pack."""
+
+    def __init__(self, model: PackedMLP, k: int):
+        self.model, self.k = model, k
+
+    def state_dict(self) -> dict:
+        return self.model.fold_state_dict(self.k)
+
+
+def epoch_plan(folds: list[PackedFold], sizes: list[int], batch_size: int | None, device):
+    """Row order for one epoch, padded: (index [k, steps·B], valid [k, steps·B], B, steps)."""
+    size = max(sizes) if batch_size is None else batch_size
+    steps = max(-(-n // (n if batch_size is None else size)) for n in sizes)
+    width = steps * size
+    index = torch.zeros(len(folds), width, dtype=torch.long)
+    valid = torch.zeros(len(folds), width, dtype=torch.bool)
+    for k, (fold, n) in enumerate(zip(folds, sizes)):
+        if fold.active:  # a stopped fold draws nothing, as it would not run at all alone
+            index[k, :n] = torch.randperm(n, generator=fold.generator)
+            valid[k, :n] = True
+    return index.to(device), valid.to(device), size, steps
+
+
+def train_one_packed_epoch(model: PackedMLP, optimizer: PackedOptimizer, task: Task, data: Stack,
+                           folds: list[PackedFold], batch_size: int | None, min_rows: int
+                           ) -> torch.Tensor:
+    """One epoch for every active fold; each fold's mean training loss, on the device."""
+    model.train()
+    index, valid, size, steps = epoch_plan(folds, data.sizes, batch_size, data.x.device)
+    folds_axis = torch.arange(len(folds), device=data.x.device)[:, None]
+    totals = torch.zeros(len(folds), device=data.x.device)
+    seen = torch.zeros(len(folds), device=data.x.device)
+    for step in range(steps):
+        rows, mask = index[:, step * size:(step + 1) * size], valid[:, step * size:(step + 1) * size]
+        count = mask.sum(1)
+        # Like the unpacked loop: no step on an empty batch, nor on a single row with batch norm.
+        stepping = count >= min_rows
+        mask = mask & stepping[:, None]
+        output = model(data.x[folds_axis, rows], mask)
+        per_row = task.loss(output.flatten(0, 1), data.y[folds_axis, rows].flatten(), "none")
+        per_row = per_row.view(len(folds), -1) * mask
+        fold_loss = per_row.sum(1) / count.clamp(min=1)
+        optimizer.zero_grad()
+        fold_loss.sum().backward()  # the sum: each fold's gradient is that of its own mean loss
+        optimizer.step(stepping)
+        totals += per_row.detach().sum(1)
+        seen += mask.sum(1)
+    return totals / seen.clamp(min=1)
+
+
+@torch.no_grad()
+def packed_evaluation_sums(model: PackedMLP, task: Task, data: Stack) -> torch.Tensor:
+    """Each fold's metric sums on its own split, in evaluation mode: [k, sums]."""
+    model.eval()
+    sums = [None] * len(data.sizes)
+    for start in range(0, data.x.shape[1], EVAL_CHUNK):
+        output = model(data.x[:, start:start + EVAL_CHUNK])
+        for k, n in enumerate(data.sizes):
+            if n > start:
+                part = task.sums(output[k, :n - start], data.y[k, start:n])
+                sums[k] = part if sums[k] is None else sums[k] + part
+    return torch.stack(sums)
+
+
+def end_epoch(model: PackedMLP, folds: list[PackedFold], epoch: int, values: list[float],
+              n_val: list[int], on_epoch_end: Callable[[int, EpochReport], None]) -> None:
+    """Metrics, reports and early stopping for each fold still training."""
+    k = len(folds)
+    train_losses, val_sums = values[:k], values[k:]
+    width = len(val_sums) // k
+    for position, (fold, loss) in enumerate(zip(folds, train_losses)):
+        if not fold.active:
+            continue
+        metrics = epoch_metrics(fold.task, loss, val_sums[position * width:(position + 1) * width],
+                                n_val[position], fold.average)
+        try:
+            check_finite(metrics, epoch)
+        except TrainingDiverged as error:
+            fold.active, fold.error = False, str(error)  # this fold fails; the others go on
+            continue
+        fold.history.append(EpochReport(epoch, metrics))
+        on_epoch_end(fold.index, fold.history[-1])
+        if fold.stopper.on_epoch_end(epoch, metrics, FoldView(model, position)):
+            fold.active = False
+
+
+def fit_packed(model: PackedMLP, optimizer: PackedOptimizer, folds: list[PackedFold], *,
+               train: Stack, val: Stack, test: Stack, batch_size: int | None, max_epochs: int,
+               batch_norm: bool, on_epoch_end: Callable[[int, EpochReport], None] = lambda i, r: None,
+               ) -> list[TrainResult | str]:
+    """Train every fold until it stops, then test each one with its best weights.
+
+    Returns, per fold, its TrainResult or the reason it failed.
+    """
+    task = folds[0].task  # loss and metric sums are the same function for every fold
+    for epoch in range(1, max_epochs + 1):
+        if not any(f.active for f in folds):
+            break
+        losses = train_one_packed_epoch(model, optimizer, task, train, folds, batch_size,
+                                        min_rows=2 if batch_norm else 1)
+        # One host synchronisation per epoch, for all folds together.
+        values = torch.cat([losses, packed_evaluation_sums(model, task, val).flatten()]).tolist()
+        end_epoch(model, folds, epoch, values, val.sizes, on_epoch_end)
+    for k, fold in enumerate(folds):
+        if fold.error is None:
+            model.load_fold_state_dict(k, fold.stopper.best_state)
+    test_sums = packed_evaluation_sums(model, task, test).tolist()
+    return [fold.error if fold.error else
+            TrainResult(fold.stopper.best_epoch, len(fold.history),
+                        fold.task.metrics(test_sums[k], test.sizes[k]), fold.stopper.best_state,
+                        fold.history)
+            for k, fold in enumerate(folds)]
