@@ -8,6 +8,7 @@ and ratios within this run (the machines are shared: compare ratios, not absolut
     python bench/train_throughput.py [--device cuda] [--rows 200000] [--seconds 3]
 
 Runs unchanged on CPU and GPU; the CUDA-graphed loop and fused kernels only on CUDA.
+packed5 is five folds trained as one stacked model (samples/s counts all five).
 Writes bench/results/train_throughput-<device>.json.
 """
 from __future__ import annotations
@@ -25,10 +26,14 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from workers.early_stopping import EarlyStopping  # noqa: E402
 from workers.models import build_model  # noqa: E402
 from workers.optimizers import build_optimizer  # noqa: E402
+from workers.packed_model import PackedMLP  # noqa: E402
+from workers.packed_optimizer import PackedOptimizer  # noqa: E402
+from workers.packed_training import PackedFold, Stack, train_one_packed_epoch  # noqa: E402
 from workers.tasks import Classification  # noqa: E402
-from workers.training import Split, train_one_epoch  # noqa: E402
+from workers.training import LossAverage, Split, train_one_epoch  # noqa: E402
 
 FEATURES, CLASSES = 64, 10
 MODEL = {"type": "mlp", "hidden": [256, 256], "batch_norm": True, "dropout": 0.2}
@@ -152,8 +157,29 @@ def graphed_loop(x, y, batch, device, seconds):
     return timed(chunk, device, seconds)
 
 
+def packed_loop(x, y, batch, device, seconds, k=5):
+    """crossfold's packed epoch: k folds (each its own rows) as one stacked model."""
+    rows = min(len(y) // k, batch * STEPS_PER_CORE_EPOCH)
+    models = []
+    for fold in range(k):
+        torch.manual_seed(fold)
+        models.append(build_model(MODEL, (FEATURES,), CLASSES))
+    model = PackedMLP(models).to(device)
+    optimizer = PackedOptimizer(model.parameters(), ADAM, k)
+    task = Classification(CLASSES)
+    folds = [PackedFold(i, i, task, EarlyStopping(), LossAverage(0.9)) for i in range(k)]
+    data = Stack.of([Split(x[i * rows:(i + 1) * rows].to(device), y[i * rows:(i + 1) * rows].to(device))
+                     for i in range(k)])
+
+    def chunk():
+        train_one_packed_epoch(model, optimizer, task, data, folds, batch, min_rows=2).tolist()
+        return k * rows
+    return timed(chunk, device, seconds)
+
+
 def methods(device) -> dict:
-    found = {"dataloader": dataloader_loop, "tight": tight_loop, "core": core_loop}
+    found = {"dataloader": dataloader_loop, "tight": tight_loop, "core": core_loop,
+             "packed5": packed_loop}
     if device.type == "cuda":
         found["graphed"] = graphed_loop
     return found
@@ -175,7 +201,8 @@ def run(device: torch.device, rows: int, seconds: float, batches: list[int]) -> 
 
 
 def ratios(row: dict) -> dict:
-    out = {"core/tight": row["core"] / row["tight"], "core/dataloader": row["core"] / row["dataloader"]}
+    out = {"core/tight": row["core"] / row["tight"], "core/dataloader": row["core"] / row["dataloader"],
+           "packed5/core": row["packed5"] / row["core"]}
     if "graphed" in row:
         out["core/graphed"] = row["core"] / row["graphed"]
     return out

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 class ActiveJob:
     """A running job's Ray handles, kept in memory by the dispatcher that runs it."""
     job_id: str
-    tasks: dict[int, object] = field(default_factory=dict)  # fold index → ObjectRef
+    tasks: dict[object, list[int]] = field(default_factory=dict)  # Ray task → its fold indices
     cancelling: bool = False
 
 
@@ -89,12 +89,8 @@ class Dispatcher:
             fold.mlflow_run_id = run_id
         session.commit()
         data = self.cluster.put((dataset.x, dataset.y, dataset.info))
-        active = ActiveJob(job.id)
-        for fold in job.folds:
-            plan = FoldPlan(fold.index, *fold_rows(groups, fold.index))
-            active.tasks[fold.index] = self.cluster.submit_fold(
-                data, plan, job.spec, {"job_id": job.id, "fold": fold.index})
-        self.active[job.id] = active
+        plans = [FoldPlan(fold.index, *fold_rows(groups, fold.index)) for fold in job.folds]
+        self.active[job.id] = ActiveJob(job.id, self.cluster.submit(data, plans, job.spec, job.id))
         log.info("job %s started: %d folds", job.id, len(job.folds))
 
     def fail_before_start(self, session: Session, job: Job, reason: str) -> None:
@@ -144,23 +140,18 @@ class Dispatcher:
         self.tracker.log_epoch(fold.mlflow_run_id, event["epoch"], metrics)
 
     # -- results -------------------------------------------------------------------
-    def finished_tasks(self) -> dict[str, list[int]]:
-        """Job id → indices of its folds whose Ray tasks have ended."""
-        finished = {}
-        for job_id, active in self.active.items():
-            by_ref = {ref: index for index, ref in active.tasks.items()}
-            finished[job_id] = [by_ref[ref] for ref in self.cluster.ready(list(by_ref))]
-        return finished
+    def finished_tasks(self) -> dict[str, list]:
+        """Job id → its Ray tasks that have ended."""
+        return {job_id: self.cluster.ready(list(active.tasks)) for job_id, active in self.active.items()}
 
-    def collect_results(self, session: Session, finished: dict[str, list[int]]) -> None:
-        for job_id, indices in finished.items():
+    def collect_results(self, session: Session, finished: dict[str, list]) -> None:
+        for job_id, refs in finished.items():
             active = self.active[job_id]
-            for index in indices:
-                ref = active.tasks.pop(index)
-                result = self.cluster.result(ref)
-                if active.cancelling and result.outcome is None:
-                    result = FoldResult(cancelled=True)  # killed by us, whatever Ray calls it
-                self.finish_fold(session, active.job_id, index, result)
+            for ref in refs:
+                for index, result in self.cluster.results(ref, active.tasks.pop(ref)).items():
+                    if active.cancelling and result.outcome is None:
+                        result = FoldResult(cancelled=True)  # killed by us, whatever Ray calls it
+                    self.finish_fold(session, active.job_id, index, result)
             session.commit()
             if not active.tasks:
                 self.finish_job(session, active.job_id)
@@ -221,7 +212,7 @@ class Dispatcher:
             if active.cancelling:
                 continue
             active.cancelling = True
-            for ref in active.tasks.values():
+            for ref in active.tasks:
                 self.cluster.cancel(ref)
             # The cancelled tasks come back through collect_results on the next
             # ticks, which then finish the job as cancelled.

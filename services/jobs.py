@@ -21,6 +21,8 @@ def check_against_data(spec: JobSpec) -> None:
     if spec.model.type == "cnn" and len(data.info.input_shape) != 3:
         raise InvalidJob("model.type", f"a cnn needs an image dataset (digits); "
                          f"{spec.dataset.name} is tabular")
+    if spec.pack_folds and spec.model.type != "mlp":
+        raise InvalidJob("pack_folds", "packing stacks MLPs only; use model.type mlp or unpacked folds")
     if data.info.task == "regression" and spec.early_stopping.monitor == "val_accuracy":
         raise InvalidJob("early_stopping.monitor", f"{spec.dataset.name} is a regression "
                          "dataset: it has no accuracy; monitor val_loss")

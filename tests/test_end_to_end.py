@@ -73,9 +73,10 @@ def wait_until_finished(http, job_id: str, timeout: float = 180) -> dict:
                     and job, timeout)
 
 
-def test_a_job_runs_one_task_per_fold_and_lands_in_mlflow(stack):
+@pytest.mark.parametrize("packed", [False, True], ids=["task-per-fold", "packed"])
+def test_a_job_runs_its_folds_on_ray_and_lands_in_mlflow(stack, packed):
     http, tracker = stack
-    response = http.post("/jobs", json=small_job())
+    response = http.post("/jobs", json=small_job(pack_folds=packed))
     assert response.status_code == 201
     job = wait_until_finished(http, response.json()["id"])
     assert job["status"] == "succeeded", job["error"]
@@ -95,13 +96,15 @@ def check_mlflow(client, job: dict) -> None:
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["crossfold.job_id"] == job["id"]
     assert parent.data.params["optimizer.name"] == "adam" and parent.data.params["cv.folds"] == "3"
+    assert parent.data.params["pack_folds"] == str(job["spec"]["pack_folds"])
     assert parent.data.metrics["test_accuracy_mean"] == pytest.approx(job["summary"]["test_accuracy_mean"])
     for fold in job["folds"]:
         run = client.get_run(fold["mlflow_run_id"])
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
-        assert steps == list(range(1, fold["epoch"] + 1))  # every epoch, once, in order
+        for metric in ("train_loss", "train_loss_ewma", "val_loss", "val_accuracy", "val_f1"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
+            assert steps == list(range(1, fold["epoch"] + 1)), metric  # every epoch, once, in order
         assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/best.pt"]
         assert run.data.metrics["test_accuracy"] == pytest.approx(fold["test_metrics"]["accuracy"])
 

@@ -72,6 +72,7 @@ def test_data_dependent_rules_are_422_too(client):
 @pytest.mark.parametrize("change, field", [
     ({"model": {"type": "cnn"}}, "model.type"),                       # iris is not an image
     ({"dataset": "diabetes", "early_stopping": {"monitor": "val_accuracy"}}, "early_stopping.monitor"),
+    ({"dataset": "digits", "model": {"type": "cnn"}, "pack_folds": True}, "pack_folds"),
 ])
 def test_rules_that_need_the_dataset(client, change, field):
     response = submit(client, **change)
