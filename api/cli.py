@@ -4,6 +4,7 @@
     crossfold api | dispatcher      one process each (production, docker-compose.yml)
     crossfold submit FILE [--wait]  submit a job spec (JSON); --wait follows its folds
     crossfold status ID | list | cancel ID
+    crossfold keys create --owner NAME   a new API key, printed once (needs the database)
     crossfold demo FILE             serve, submit FILE, follow it, print the fold table
 """
 from __future__ import annotations
@@ -28,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crossfold", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=DEFAULT_URL, help="the API's address (client commands)")
+    parser.add_argument("--api-key", default=os.environ.get("CROSSFOLD_API_KEY"),
+                        help="API key for client commands (or CROSSFOLD_API_KEY)")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the embedded service")
     serve.add_argument("--no-ui", action="store_true", help="do not start the MLflow UI")
@@ -36,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit = commands.add_parser("submit", help="submit a job spec")
     submit.add_argument("file", type=Path)
     submit.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    submit.add_argument("--idempotency-key", help="submitting again with this key returns the same job")
     status = commands.add_parser("status", help="show a job")
     status.add_argument("job_id")
     listing = commands.add_parser("list", help="list jobs, newest first")
@@ -43,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=20)
     cancel = commands.add_parser("cancel", help="cancel a job")
     cancel.add_argument("job_id")
+    keys = commands.add_parser("keys", help="manage API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create a key for an owner; printed once")
+    create.add_argument("--owner", required=True)
     demo = commands.add_parser("demo", help="serve, submit a job and follow it, then keep serving")
     demo.add_argument("file", type=Path)
     return parser
@@ -91,9 +99,13 @@ def read_spec(path: Path) -> dict:
         raise ApiError(f"cannot read {path}: {error}") from error
 
 
+def client_for(args) -> JobsClient:
+    return JobsClient(args.url, api_key=args.api_key)
+
+
 def submit_command(args) -> int:
-    client = JobsClient(args.url)
-    job = client.submit(read_spec(args.file))
+    client = client_for(args)
+    job = client.submit(read_spec(args.file), idempotency_key=args.idempotency_key)
     print(f"submitted job {job['id']} ({job['name']})")
     if not args.wait:
         return 0
@@ -103,7 +115,7 @@ def submit_command(args) -> int:
 
 
 def status_command(args) -> int:
-    job = JobsClient(args.url).get(args.job_id)
+    job = client_for(args).get(args.job_id)
     print("\n".join(job_lines(job)))
     if job["status"] in ("succeeded", "failed", "cancelled"):
         print(fold_table(job))
@@ -113,7 +125,7 @@ def status_command(args) -> int:
 
 
 def list_command(args) -> int:
-    page = JobsClient(args.url).list(status=args.status, limit=args.limit)
+    page = client_for(args).list(status=args.status, limit=args.limit)
     for job in page["items"]:
         accuracy = (job["summary"] or {}).get("test_accuracy_mean")
         score = f"accuracy {accuracy:.4f}" if accuracy is not None else ""
@@ -123,9 +135,23 @@ def list_command(args) -> int:
 
 
 def cancel_command(args) -> int:
-    job = JobsClient(args.url).cancel(args.job_id)
+    job = client_for(args).cancel(args.job_id)
     state = "cancelled" if job["status"] == "cancelled" else "cancellation requested"
     print(f"job {job['id']}: {state}")
+    return 0
+
+
+def keys_command(args) -> int:
+    from services.auth import create_key
+    from services.database import make_engine, session_factory, upgrade_schema
+    from services.settings import get_settings
+    engine = make_engine(get_settings().resolved_database_url())
+    upgrade_schema(engine)
+    with session_factory(engine)() as session:
+        key = create_key(session=session, owner=args.owner)
+    print(key)
+    print(f"API key for owner {args.owner!r}. It is shown only this once: store it now.",
+          file=sys.stderr)
     return 0
 
 
@@ -135,7 +161,7 @@ def demo_command(args) -> int:
     # A plain `kill` must stop the service too, not only Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve"])
-    client = JobsClient(args.url)
+    client = client_for(args)
     try:
         wait_until_healthy(client, server)
         job = client.submit(spec)
@@ -162,7 +188,7 @@ def wait_until_healthy(client: JobsClient, server: subprocess.Popen, timeout: fl
 
 COMMANDS = {"serve": serve_command, "api": api_command, "dispatcher": dispatcher_command,
             "submit": submit_command, "status": status_command, "list": list_command,
-            "cancel": cancel_command, "demo": demo_command}
+            "cancel": cancel_command, "keys": keys_command, "demo": demo_command}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,11 +9,13 @@ class ApiError(Exception):
 
 
 class JobsClient:
-    def __init__(self, url: str, timeout: float = 30.0):
-        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=headers)
 
-    def submit(self, spec: dict) -> dict:
-        return self._call("POST", "/jobs", json=spec)
+    def submit(self, spec: dict, idempotency_key: str | None = None) -> dict:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._call("POST", "/jobs", json=spec, headers=headers)
 
     def get(self, job_id: str) -> dict:
         return self._call("GET", f"/jobs/{job_id}")

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from typing import Annotated, Iterator
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from services.auth import owner_of
+from services.models import LOCAL_OWNER
 from services.settings import Settings
 
 
@@ -18,5 +21,22 @@ def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+bearer = HTTPBearer(auto_error=False, description="an API key from `crossfold keys create`")
+
+
+def get_owner(request: Request, session: Annotated[Session, Depends(get_session)],
+              credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+    """Who is calling: the owner of the presented API key, or the local owner when
+    authentication is off. Every job route is scoped to this owner."""
+    if not request.app.state.settings.requires_auth():
+        return LOCAL_OWNER
+    owner = owner_of(session=session, key=credentials.credentials) if credentials else None
+    if owner is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "a valid API key is required "
+                            "(Authorization: Bearer KEY)", headers={"WWW-Authenticate": "Bearer"})
+    return owner
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+OwnerDep = Annotated[str, Depends(get_owner)]

@@ -1,16 +1,22 @@
 """The app factory: builds the FastAPI app, its database access and its error mapping."""
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.limits import BodyLimit
 from api.routes import jobs
 from services.database import make_engine, session_factory, upgrade_schema
-from services.errors import InvalidJob, JobAlreadyFinished, JobNotFound
+from services.errors import IdempotencyConflict, InvalidJob, JobAlreadyFinished, JobNotFound
+from services.models import LOCAL_OWNER
 from services.settings import Settings, get_settings
+
+log = logging.getLogger("crossfold.api")
 
 
 def create_app(settings: Settings | None = None,
@@ -24,7 +30,11 @@ def create_app(settings: Settings | None = None,
                   description="Cross-validation training jobs: one Ray task per fold, results in MLflow.")
     app.state.settings, app.state.sessions = settings, sessions
     app.include_router(jobs.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     add_error_handlers(app)
+    if not settings.requires_auth():
+        log.warning("authentication is OFF: every caller is owner %r (the API listens on %s only)",
+                    LOCAL_OWNER, settings.api_host)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:
@@ -48,7 +58,8 @@ def add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": f"job {error} not found"}, status_code=404)
 
     @app.exception_handler(JobAlreadyFinished)
-    async def finished(_: Request, error: JobAlreadyFinished):
+    @app.exception_handler(IdempotencyConflict)
+    async def conflict(_: Request, error: Exception):
         return JSONResponse({"detail": str(error)}, status_code=409)
 
     @app.exception_handler(InvalidJob)

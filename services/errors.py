@@ -3,6 +3,7 @@
     CrossfoldError
     ├── JobNotFound        no such job (404)
     ├── JobAlreadyFinished the job has ended; it cannot be cancelled (409)
+    ├── IdempotencyConflict an Idempotency-Key reused with another body (409)
     └── InvalidJob         the spec breaks a rule that needs the data to check (422)
 """
 
@@ -16,6 +17,10 @@ class JobNotFound(CrossfoldError):
 
 
 class JobAlreadyFinished(CrossfoldError):
+    pass
+
+
+class IdempotencyConflict(CrossfoldError):
     pass
 
 

@@ -10,6 +10,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from services.states import FoldStatus, JobStatus
 
 
+LOCAL_OWNER = "local"  # the owner of every job when authentication is off
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -27,13 +30,22 @@ def _utcnow() -> datetime:
 
 class Job(Base):
     __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
     name: Mapped[str] = mapped_column(String(100))
+    owner: Mapped[str] = mapped_column(String(100), default=LOCAL_OWNER, server_default=LOCAL_OWNER,
+                                       index=True)
     spec: Mapped[dict] = mapped_column(JSON)
+    # A client's Idempotency-Key and a hash of the body it came with: the same key
+    # returns the same job; the same key with another body is a conflict.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[JobStatus] = mapped_column(_status(JobStatus), default=JobStatus.QUEUED, index=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     dispatcher_id: Mapped[str | None] = mapped_column(String(64))
+    # The running dispatcher renews this; once it lapses, another dispatcher adopts the job.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)
     summary: Mapped[dict | None] = mapped_column(JSON)  # test_<metric>_mean / _std
     mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
@@ -44,6 +56,17 @@ class Job(Base):
 
     folds: Mapped[list[Fold]] = relationship(back_populates="job", order_by="Fold.index",
                                              cascade="all, delete-orphan")
+
+
+class ApiKey(Base):
+    """An API key, stored only as its SHA-256: the key itself is shown once, at creation."""
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Fold(Base):

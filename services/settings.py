@@ -4,6 +4,7 @@ Invalid values fail at start-up, not on the first job.
 """
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,6 +25,10 @@ class Settings(BaseSettings):
     ray_address: str = ""
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
+    # Authentication: None (default) means on whenever the API binds to a non-loopback
+    # address; true or false forces it.
+    auth_required: bool | None = None
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")
     poll_interval_s: float = Field(0.5, gt=0, le=10)
     fold_max_retries: int = Field(2, ge=0, le=10)
 
@@ -34,6 +39,11 @@ class Settings(BaseSettings):
             raise ValueError("must be a sqlite:// or postgresql:// URL")
         return url
 
+    def requires_auth(self) -> bool:
+        if self.auth_required is not None:
+            return self.auth_required
+        return not is_loopback(self.api_host)
+
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'crossfold.db'}"
 
@@ -43,6 +53,13 @@ class Settings(BaseSettings):
     def artifacts_dir(self) -> Path | None:
         """Artifacts of the local MLflow store; None when an MLflow server keeps them."""
         return None if self.mlflow_tracking_uri else self.data_dir.resolve() / "mlartifacts"
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 @lru_cache

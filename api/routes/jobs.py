@@ -1,41 +1,52 @@
-"""/jobs: submit, read, list and cancel training jobs."""
+"""/jobs: submit, read, list and cancel training jobs, each scoped to the caller."""
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
 
-from api.deps import SessionDep, SettingsDep
+from api.deps import OwnerDep, SessionDep, SettingsDep
 from api.schemas import JobOut, JobPage, job_out
 from services import jobs
 from services.spec import JobSpec
 from services.states import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+IdempotencyKey = Annotated[str | None, Header(max_length=200, description=(
+    "repeat a submission safely: the same key and body return the same job"))]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut)
-def submit_job(spec: JobSpec, session: SessionDep, settings: SettingsDep, response: Response):
-    job = jobs.create_job(session=session, spec=spec)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut,
+             responses={200: {"model": JobOut, "description": "replayed: the job this key created"},
+                        409: {"description": "the Idempotency-Key was used with another body"}})
+def submit_job(spec: JobSpec, session: SessionDep, settings: SettingsDep, owner: OwnerDep,
+               response: Response, idempotency_key: IdempotencyKey = None):
+    job, created = jobs.create_job(session=session, spec=spec, owner=owner,
+                                   idempotency_key=idempotency_key)
     response.headers["Location"] = f"/jobs/{job.id}"
+    if not created:
+        response.status_code = status.HTTP_200_OK
     return job_out(job, settings.mlflow_ui_url)
 
 
 @router.get("", response_model=JobPage)
-def list_jobs(session: SessionDep, settings: SettingsDep,
+def list_jobs(session: SessionDep, settings: SettingsDep, owner: OwnerDep,
               status_: Annotated[JobStatus | None, Query(alias="status")] = None,
               limit: Annotated[int, Query(ge=1, le=200)] = 50,
-              offset: Annotated[int, Query(ge=0)] = 0):
-    page, total = jobs.list_jobs(session=session, status=status_, limit=limit, offset=offset)
+              offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0):
+    page, total = jobs.list_jobs(session=session, owner=owner, status=status_, limit=limit,
+                                 offset=offset)
     return JobPage(items=[job_out(j, settings.mlflow_ui_url) for j in page],
                    total=total, limit=limit, offset=offset)
 
 
-@router.get("/{job_id}", response_model=JobOut)
-def read_job(job_id: str, session: SessionDep, settings: SettingsDep):
-    return job_out(jobs.get_job(session=session, job_id=job_id), settings.mlflow_ui_url)
+@router.get("/{job_id}", response_model=JobOut, responses={404: {"description": "no such job"}})
+def read_job(job_id: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep):
+    return job_out(jobs.get_job(session=session, job_id=job_id, owner=owner), settings.mlflow_ui_url)
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep):
-    return job_out(jobs.cancel_job(session=session, job_id=job_id), settings.mlflow_ui_url)
+@router.post("/{job_id}/cancel", response_model=JobOut,
+             responses={404: {"description": "no such job"}, 409: {"description": "already finished"}})
+def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep):
+    return job_out(jobs.cancel_job(session=session, job_id=job_id, owner=owner),
+                   settings.mlflow_ui_url)

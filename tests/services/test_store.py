@@ -17,7 +17,7 @@ from tests.conftest import small_job
 
 def create(sessions, **overrides):
     with sessions() as session:
-        return jobs.create_job(session=session, spec=JobSpec.model_validate(small_job(**overrides)))
+        return jobs.create_job(session=session, spec=JobSpec.model_validate(small_job(**overrides)))[0]
 
 
 def test_migration_creates_exactly_the_models_schema(engine):

@@ -1,0 +1,135 @@
+"""API keys and owners, idempotent submission, body limits: on SQLite and PostgreSQL."""
+import hashlib
+import json
+import threading
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from api.cli import main as cli
+from api.main import create_app
+from services.auth import create_key
+from services.models import ApiKey, Job
+from tests.conftest import small_job
+
+
+@pytest.fixture
+def secured(settings, sessions):
+    """An app with authentication on, and a key each for two owners."""
+    settings = settings.model_copy(update={"auth_required": True})
+    with sessions() as session:
+        keys = {owner: create_key(session=session, owner=owner) for owner in ("alice", "bob")}
+    with TestClient(create_app(settings, sessions)) as client:
+        yield client, keys
+
+
+def as_owner(key):
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_missing_or_wrong_key_is_401(secured):
+    client, _ = secured
+    assert client.post("/jobs", json=small_job()).status_code == 401
+    response = client.get("/jobs", headers=as_owner("cf_wrong"))
+    assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+    assert client.get("/healthz").status_code == 200  # liveness needs no key
+
+
+def test_another_owners_job_is_404_on_every_route(secured):
+    client, keys = secured
+    job_id = client.post("/jobs", json=small_job(), headers=as_owner(keys["alice"])).json()["id"]
+    bob = as_owner(keys["bob"])
+    assert client.get(f"/jobs/{job_id}", headers=bob).status_code == 404
+    assert client.post(f"/jobs/{job_id}/cancel", headers=bob).status_code == 404
+    assert client.get("/jobs", headers=bob).json()["total"] == 0
+    alice = as_owner(keys["alice"])
+    assert client.get(f"/jobs/{job_id}", headers=alice).status_code == 200
+    assert [j["id"] for j in client.get("/jobs", headers=alice).json()["items"]] == [job_id]
+
+
+def test_keys_are_stored_hashed(secured, sessions):
+    _, keys = secured
+    with sessions() as session:
+        stored = {row.key_hash for row in session.scalars(select(ApiKey))}
+    assert keys["alice"] not in stored
+    assert hashlib.sha256(keys["alice"].encode()).hexdigest() in stored
+
+
+def test_cli_creates_a_key_printed_once(settings, sessions, monkeypatch, capsys):
+    monkeypatch.setenv("CROSSFOLD_DATABASE_URL", settings.database_url)
+    from services.settings import get_settings
+    get_settings.cache_clear()
+    try:
+        assert cli(["keys", "create", "--owner", "carol"]) == 0
+    finally:
+        get_settings.cache_clear()
+    out = capsys.readouterr()
+    key = out.out.strip()
+    assert key.startswith("cf_") and "shown only this once" in out.err
+    with TestClient(create_app(settings.model_copy(update={"auth_required": True}), sessions)) as client:
+        assert client.get("/jobs", headers=as_owner(key)).status_code == 200
+
+
+def test_authentication_follows_the_bind_address(settings):
+    assert not settings.model_copy(update={"api_host": "127.0.0.1"}).requires_auth()
+    assert settings.model_copy(update={"api_host": "0.0.0.0"}).requires_auth()
+    assert settings.model_copy(update={"api_host": "10.1.2.3"}).requires_auth()
+    assert settings.model_copy(update={"api_host": "0.0.0.0", "auth_required": False}).requires_auth() is False
+
+
+def test_same_idempotency_key_and_body_returns_the_same_job(client):
+    key = {"Idempotency-Key": "submit-42"}
+    first = client.post("/jobs", json=small_job(), headers=key)
+    again = client.post("/jobs", json=small_job(), headers=key)
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.json()["id"] == first.json()["id"] and again.headers["location"] == first.headers["location"]
+    other = client.post("/jobs", json=small_job(max_epochs=3), headers=key)
+    assert other.status_code == 409 and "Idempotency-Key" in other.json()["detail"]
+    assert client.get("/jobs").json()["total"] == 1
+
+
+def test_concurrent_requests_with_one_key_create_one_job(settings, sessions):
+    if not settings.database_url.startswith("postgresql"):
+        pytest.skip("the concurrency case is the PostgreSQL one")
+    import uvicorn
+    from tests.test_end_to_end import free_port, wait_for
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, sessions), host="127.0.0.1", port=port,
+                                           log_level="warning", limit_concurrency=200))
+    threading.Thread(target=server.run, daemon=True).start()
+    wait_for(lambda: server.started, 30)
+    barrier, answers = threading.Barrier(100), []
+
+    def submit():
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+            barrier.wait()
+            answers.append(http.post("/jobs", json=small_job(), headers={"Idempotency-Key": "same"}))
+
+    threads = [threading.Thread(target=submit) for _ in range(100)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    server.should_exit = True
+    assert sorted({a.status_code for a in answers}) in ([200, 201], [201])
+    assert len({a.json()["id"] for a in answers}) == 1
+    with sessions() as session:
+        assert len(session.scalars(select(Job)).all()) == 1
+
+
+def test_bodies_over_the_limit_get_413_and_store_nothing(settings, sessions):
+    settings = settings.model_copy(update={"max_body_bytes": 2048})
+    with TestClient(create_app(settings, sessions)) as client:
+        padded = small_job(name="x" * 10)
+        big = json.dumps({**padded, "padding": "y" * 4000})
+        assert client.post("/jobs", content=big, headers={"content-type": "application/json"}).status_code == 413
+
+        def chunks():  # no Content-Length: the limit is counted as the body streams
+            for _ in range(5):
+                yield b" " * 1000
+        chunked = client.post("/jobs", content=chunks(), headers={"content-type": "application/json"})
+        assert chunked.status_code == 413
+        assert client.post("/jobs", json=small_job()).status_code == 201
+        assert client.get("/jobs").json()["total"] == 1
