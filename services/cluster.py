@@ -7,35 +7,58 @@ dispatcher drains, and return their outcome as the task's result.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import dataclass
 
 import numpy as np
 import ray
 import torch
 
+from workers.checkpointing import checkpoint_epoch
 from workers.fold import DataInfo, FoldOutcome, FoldPlan, run_fold, run_packed_folds
 from workers.training import EpochReport
 
 log = logging.getLogger(__name__)
 
 
+BOARD_NAME, NAMESPACE = "crossfold-board", "crossfold"
+
+
 @ray.remote(num_cpus=0)
 class ProgressBoard:
-    """A mailbox for progress events from fold tasks, emptied by the dispatcher."""
+    """Progress events and the latest epoch checkpoint of every fold, per job.
+
+    Detached and named: it outlives the dispatcher that created it, so a dispatcher
+    started after a crash finds the events and checkpoints of the jobs it adopts.
+    """
 
     def __init__(self) -> None:
-        self.events: list[dict] = []
+        self.events: dict[str, list[dict]] = {}
+        self.checkpoints: dict[tuple[str, int], bytes] = {}
 
     def report(self, event: dict) -> None:
-        self.events.append(event)
+        self.events.setdefault(event["job_id"], []).append(event)
 
-    def drain(self) -> list[dict]:
-        events, self.events = self.events, []
-        return events
+    def save_checkpoint(self, job_id: str, fold: int, data: bytes) -> None:
+        self.checkpoints[(job_id, fold)] = data
+
+    def checkpoint(self, job_id: str, fold: int) -> bytes | None:
+        return self.checkpoints.get((job_id, fold))
+
+    def drain(self, job_ids: list[str]) -> list[dict]:
+        """The events of these jobs (other dispatchers' jobs stay for them)."""
+        return [event for job_id in job_ids for event in self.events.pop(job_id, [])]
+
+    def forget(self, job_id: str) -> None:
+        """A finished job's checkpoints are no longer needed."""
+        self.events.pop(job_id, None)
+        for key in [k for k in self.checkpoints if k[0] == job_id]:
+            del self.checkpoints[key]
 
 
 class Reporter:
-    """Sends a fold task's events to the board, remembering the last one sent."""
+    """Sends a fold task's events and checkpoints to the board."""
 
     def __init__(self, board, job_id: str):
         self.board, self.job_id, self.last = board, job_id, None
@@ -46,6 +69,12 @@ class Reporter:
 
     def epoch(self, fold: int, report: EpochReport) -> None:
         self.send(fold, "epoch", **vars(report))
+
+    def checkpoint(self, fold: int, data: bytes) -> None:
+        self.board.save_checkpoint.remote(self.job_id, fold, data)
+
+    def resume_point(self, fold: int) -> bytes | None:
+        return ray.get(self.board.checkpoint.remote(self.job_id, fold))
 
     def flush(self) -> None:
         # Calls from one caller to an actor run in order: once the last report is in,
@@ -59,14 +88,22 @@ def task_device(job: dict) -> torch.device:
     return torch.device("cuda" if use_gpu else "cpu")
 
 
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 @ray.remote
 def fold_task(data: tuple[np.ndarray, np.ndarray, DataInfo], plan: FoldPlan, job: dict,
               job_id: str, board) -> FoldOutcome:
     device, reporter = task_device(job), Reporter(board, job_id)
-    reporter.send(plan.index, "started", device=str(device))
+    resume_from = reporter.resume_point(plan.index)  # set when this is a retry
+    reporter.send(plan.index, "started", device=str(device), worker=worker_name(),
+                  resumed_after_epoch=checkpoint_epoch(resume_from) if resume_from else 0)
     x, y, info = data
     outcome = run_fold(x, y, info, plan, job, device=device,
-                       report=lambda epoch: reporter.epoch(plan.index, epoch))
+                       report=lambda epoch: reporter.epoch(plan.index, epoch),
+                       checkpoint=lambda snapshot: reporter.checkpoint(plan.index, snapshot),
+                       resume_from=resume_from)
     reporter.flush()
     return outcome
 
@@ -76,8 +113,9 @@ def packed_task(data: tuple[np.ndarray, np.ndarray, DataInfo], plans: list[FoldP
                 job_id: str, board) -> list[FoldOutcome | str]:
     """All folds of a job in one task, as one stacked model (pack_folds)."""
     device, reporter = task_device(job), Reporter(board, job_id)
-    for plan in plans:
-        reporter.send(plan.index, "started", device=str(device))
+    for plan in plans:  # packed folds restart from their first epoch when retried
+        reporter.send(plan.index, "started", device=str(device), worker=worker_name(),
+                      resumed_after_epoch=0)
     x, y, info = data
     outcomes = run_packed_folds(x, y, info, plans, job, device=device, report=reporter.epoch)
     reporter.flush()
@@ -98,7 +136,8 @@ class Cluster:
             ray.init(address=address or None, include_dashboard=False,
                      log_to_driver=False, configure_logging=False)
         self.max_retries = max_retries
-        self.board = ProgressBoard.remote()
+        self.board = ProgressBoard.options(name=BOARD_NAME, namespace=NAMESPACE, lifetime="detached",
+                                           get_if_exists=True).remote()
 
     def put(self, value) -> ray.ObjectRef:
         """Store a job's data once in the object store; every fold task reads that copy."""
@@ -119,8 +158,11 @@ class Cluster:
         return {fold_task.options(**options).remote(data, plan, job, job_id, self.board): [plan.index]
                 for plan in plans}
 
-    def drain_progress(self) -> list[dict]:
-        return ray.get(self.board.drain.remote())
+    def drain_progress(self, job_ids: list[str]) -> list[dict]:
+        return ray.get(self.board.drain.remote(job_ids)) if job_ids else []
+
+    def forget(self, job_id: str) -> None:
+        self.board.forget.remote(job_id)
 
     def ready(self, refs: list[ray.ObjectRef]) -> list[ray.ObjectRef]:
         done, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.cluster import Cluster, FoldResult
 from services.datasets import load_dataset
-from services.lifecycle import claim_next_job, move_fold, move_job
+from services.lifecycle import adopt_orphaned_job, claim_next_job, move_fold, move_job, renew_leases
 from services.models import Fold, Job
 from services.results import fold_table, summarize
 from services.spec import JobSpec, flatten
@@ -40,9 +40,9 @@ class ActiveJob:
 
 class Dispatcher:
     def __init__(self, *, sessions: sessionmaker[Session], cluster: Cluster, tracker: Tracker,
-                 max_active_jobs: int = 2, poll_interval_s: float = 0.5):
+                 max_active_jobs: int = 2, poll_interval_s: float = 0.5, lease_s: float = 30.0):
         self.sessions, self.cluster, self.tracker = sessions, cluster, tracker
-        self.max_active_jobs, self.poll_interval_s = max_active_jobs, poll_interval_s
+        self.max_active_jobs, self.poll_interval_s, self.lease_s = max_active_jobs, poll_interval_s, lease_s
         self.dispatcher_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.active: dict[str, ActiveJob] = {}
 
@@ -57,6 +57,8 @@ class Dispatcher:
 
     def tick(self) -> None:
         with self.sessions() as session:
+            renew_leases(session, dispatcher_id=self.dispatcher_id, job_ids=list(self.active),
+                         lease_s=self.lease_s)
             self.claim_jobs(session)
             # Look for finished tasks before draining progress: a task reports all its
             # epochs before it returns, so every epoch of these tasks is on the board now.
@@ -68,30 +70,51 @@ class Dispatcher:
     # -- starting jobs -------------------------------------------------------------
     def claim_jobs(self, session: Session) -> None:
         while len(self.active) < self.max_active_jobs:
-            job = claim_next_job(session, dispatcher_id=self.dispatcher_id)
+            # Jobs whose dispatcher died come first: they have waited longest.
+            adopted = adopt_orphaned_job(session, dispatcher_id=self.dispatcher_id, lease_s=self.lease_s)
+            job = adopted or claim_next_job(session, dispatcher_id=self.dispatcher_id, lease_s=self.lease_s)
             if job is None:
                 return
             try:
-                self.start_job(session, job)
+                self.start_job(session, job, adopted=adopted is not None)
             except Exception as error:
                 log.exception("job %s could not start", job.id)
                 self.fail_before_start(session, job, f"could not start: {error}")
 
-    def start_job(self, session: Session, job: Job) -> None:
+    def start_job(self, session: Session, job: Job, *, adopted: bool = False) -> None:
+        """Submit the folds of a newly claimed job, or the unfinished folds of an adopted one."""
         spec = JobSpec.model_validate(job.spec)
-        dataset = load_dataset(spec.dataset)
-        groups = make_groups(dataset.strata(), spec.cv.folds, seed=spec.cv.seed,
-                             stratify=spec.cv.stratify)
+        if not adopted:
+            self.create_runs(session, job, spec)
+        else:
+            self.reset_interrupted_folds(session, job)
+        self.active[job.id] = ActiveJob(job.id)
+        unfinished = [fold for fold in job.folds if fold.status not in FINISHED_FOLD]
+        if unfinished and not job.cancel_requested:
+            dataset = load_dataset(spec.dataset)
+            groups = make_groups(dataset.strata(), spec.cv.folds, seed=spec.cv.seed,
+                                 stratify=spec.cv.stratify)
+            data = self.cluster.put((dataset.x, dataset.y, dataset.info))
+            plans = [FoldPlan(fold.index, *fold_rows(groups, fold.index)) for fold in unfinished]
+            self.active[job.id].tasks = self.cluster.submit(data, plans, job.spec, job.id)
+        log.info("job %s %s: %d folds to run", job.id, "adopted" if adopted else "started", len(unfinished))
+
+    def create_runs(self, session: Session, job: Job, spec: JobSpec) -> None:
         experiment, parent, children = self.tracker.start_job(
             job_id=job.id, name=job.name, params=flatten(spec), n_folds=spec.cv.folds)
         job.mlflow_experiment_id, job.mlflow_run_id = experiment, parent
         for fold, run_id in zip(job.folds, children):
             fold.mlflow_run_id = run_id
         session.commit()
-        data = self.cluster.put((dataset.x, dataset.y, dataset.info))
-        plans = [FoldPlan(fold.index, *fold_rows(groups, fold.index)) for fold in job.folds]
-        self.active[job.id] = ActiveJob(job.id, self.cluster.submit(data, plans, job.spec, job.id))
-        log.info("job %s started: %d folds", job.id, len(job.folds))
+
+    @staticmethod
+    def reset_interrupted_folds(session: Session, job: Job) -> None:
+        """Folds that were running when their dispatcher died go back to pending; the
+        ones that had finished stay finished and are not run again."""
+        for fold in job.folds:
+            if fold.status is FoldStatus.RUNNING:
+                move_fold(fold, FoldStatus.PENDING)
+        session.commit()
 
     def fail_before_start(self, session: Session, job: Job, reason: str) -> None:
         session.rollback()
@@ -106,13 +129,13 @@ class Dispatcher:
 
     # -- progress ------------------------------------------------------------------
     def apply_progress(self, session: Session) -> None:
-        events = self.cluster.drain_progress()
+        events = self.cluster.drain_progress(list(self.active))
         for event in events:
             fold = self.fold_of(session, event)
             if fold is None or fold.status in FINISHED_FOLD:
                 continue  # a late event from a fold that has already ended
             if event["kind"] == "started":
-                self.mark_started(fold)
+                self.mark_started(fold, event)
             elif event["kind"] == "epoch":
                 self.record_epoch(fold, event)
         if events:
@@ -123,16 +146,23 @@ class Dispatcher:
         return session.scalar(select(Fold).where(Fold.job_id == event["job_id"],
                                                  Fold.index == event["fold"]))
 
-    @staticmethod
-    def mark_started(fold: Fold) -> None:
+    def mark_started(self, fold: Fold, event: dict) -> None:
         if fold.status is FoldStatus.RUNNING:
             # Started again: its worker died and Ray retried the task.
             move_fold(fold, FoldStatus.PENDING)
         move_fold(fold, FoldStatus.RUNNING)
+        fold.worker = event.get("worker")
+        if fold.attempts > 1:
+            self.tracker.tag(fold.mlflow_run_id, f"crossfold.attempt_{fold.attempts}_resumed_after_epoch",
+                             str(event.get("resumed_after_epoch", 0)))
 
     def record_epoch(self, fold: Fold, event: dict) -> None:
         if fold.status is FoldStatus.PENDING:
             move_fold(fold, FoldStatus.RUNNING)
+        if event["epoch"] <= fold.epoch:
+            # A retried fold re-ran an epoch already recorded (it had passed its last
+            # checkpoint when its worker died): keep the first record, log no duplicate.
+            return
         metrics = event["metrics"]
         fold.epoch = event["epoch"]
         fold.train_loss, fold.val_loss = metrics["train_loss"], metrics["val_loss"]
@@ -182,15 +212,26 @@ class Dispatcher:
         job = session.get(Job, job_id)
         session.refresh(job)
         target, error = self.outcome_of(job)
+        self.cancel_leftover_folds(job)
         job.summary = summarize([f.test_metrics for f in job.folds if f.status is FoldStatus.SUCCEEDED])
         job.error = error
         # MLflow first: once the job reads as finished, its runs must be finished too.
         self.tracker.finish_job(job.mlflow_run_id, status=target.value, summary=job.summary,
                                 table=fold_table(job.folds), error=error)
         move_job(job, target)
+        job.lease_expires_at = None
         session.commit()
         del self.active[job_id]
+        self.cluster.forget(job_id)
         log.info("job %s %s", job_id, target.value)
+
+    def cancel_leftover_folds(self, job: Job) -> None:
+        """Folds that never ran to an end (the job was cancelled before they were
+        resubmitted) are cancelled with it."""
+        for fold in job.folds:
+            if fold.status not in FINISHED_FOLD:
+                move_fold(fold, FoldStatus.CANCELLED)
+                self.tracker.finish_fold(fold.mlflow_run_id, status="cancelled")
 
     @staticmethod
     def outcome_of(job: Job) -> tuple[JobStatus, str | None]:

@@ -2,7 +2,7 @@
 services.states (an illegal transition raises IllegalTransition)."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -34,7 +34,7 @@ def move_fold(fold: Fold, target: FoldStatus) -> None:
         fold.finished_at = now()
 
 
-def claim_next_job(session: Session, *, dispatcher_id: str) -> Job | None:
+def claim_next_job(session: Session, *, dispatcher_id: str, lease_s: float = 30.0) -> Job | None:
     """Atomically take the oldest queued job, or return None.
 
     PostgreSQL: the row is locked with FOR UPDATE SKIP LOCKED, so concurrent
@@ -50,9 +50,38 @@ def claim_next_job(session: Session, *, dispatcher_id: str) -> Job | None:
         return None
     claimed = session.execute(
         update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-        .values(status=JobStatus.RUNNING, started_at=now(), dispatcher_id=dispatcher_id))
+        .values(status=JobStatus.RUNNING, started_at=now(), dispatcher_id=dispatcher_id,
+                lease_expires_at=now() + timedelta(seconds=lease_s)))
     session.commit()
     return session.get(Job, job_id) if claimed.rowcount == 1 else None
+
+
+def adopt_orphaned_job(session: Session, *, dispatcher_id: str, lease_s: float = 30.0) -> Job | None:
+    """Take over a running job whose dispatcher stopped renewing its lease (it died).
+
+    The status stays `running`; only the owner and the lease change, conditionally on
+    the lease still being lapsed, so two dispatchers cannot both adopt the job.
+    """
+    expired = (Job.status == JobStatus.RUNNING) & (Job.lease_expires_at < now())
+    query = select(Job.id, Job.dispatcher_id).where(expired).order_by(Job.started_at).limit(1)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    found = session.execute(query).first()
+    if found is None:
+        return None
+    adopted = session.execute(
+        update(Job).where(Job.id == found.id, expired, Job.dispatcher_id.is_not_distinct_from(found.dispatcher_id))
+        .values(dispatcher_id=dispatcher_id, lease_expires_at=now() + timedelta(seconds=lease_s)))
+    session.commit()
+    return session.get(Job, found.id) if adopted.rowcount == 1 else None
+
+
+def renew_leases(session: Session, *, dispatcher_id: str, job_ids: list[str], lease_s: float) -> None:
+    """Keep this dispatcher's running jobs its own for another `lease_s` seconds."""
+    if job_ids:
+        session.execute(update(Job).where(Job.id.in_(job_ids), Job.dispatcher_id == dispatcher_id)
+                        .values(lease_expires_at=now() + timedelta(seconds=lease_s)))
+        session.commit()
 
 
 def cancel_if_queued(session: Session, *, job_id: str) -> bool:

@@ -85,6 +85,7 @@ class Fold(Base):
     best_epoch: Mapped[int | None] = mapped_column(Integer)
     test_metrics: Mapped[dict | None] = mapped_column(JSON)
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    worker: Mapped[str | None] = mapped_column(String(200))  # host:pid of its latest attempt
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

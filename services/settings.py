@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     auth_required: bool | None = None
     max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")
     poll_interval_s: float = Field(0.5, gt=0, le=10)
+    # A dispatcher renews its jobs' leases every poll; a job whose lease lapses (its
+    # dispatcher died) is adopted by another dispatcher.
+    lease_s: float = Field(30.0, ge=1, le=3600)
     fold_max_retries: int = Field(2, ge=0, le=10)
 
     @field_validator("database_url")

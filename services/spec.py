@@ -138,6 +138,9 @@ class JobSpec(StrictModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     loss_ewma_beta: Beta = Field(0.9, description="β of the logged average of the training loss")
     pack_folds: bool = Field(False, description="train all folds in one task as one stacked model")
+    checkpoint_interval_s: float = Field(
+        10.0, ge=0, le=3600, description="seconds between epoch checkpoints (0: every epoch); a "
+                                         "fold whose worker dies resumes from the last one")
 
     @field_validator("batch_size", mode="before")
     @classmethod

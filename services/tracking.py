@@ -78,6 +78,9 @@ class Tracker:
             self.client.log_batch(run_id, tags=[RunTag("crossfold.error", error[:5000])])
         self.client.set_terminated(run_id, status=END_STATUS[status])
 
+    def tag(self, run_id: str, key: str, value: str) -> None:
+        self.client.set_tag(run_id, key, value)
+
     def log_values(self, run_id: str, values: dict[str, float]) -> None:
         if values:
             self.log_epoch(run_id, 0, values)

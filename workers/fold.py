@@ -8,12 +8,14 @@ settings as plain values; the fold reports each epoch through `report` and retur
 from __future__ import annotations
 
 import io
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
+from workers.checkpointing import Progress, snapshot
 from workers.early_stopping import EarlyStopping
 from workers.models import build_model
 from workers.optimizers import build_optimizer
@@ -95,19 +97,40 @@ def batch_size_of(job: dict) -> int | None:
     return None if job["batch_size"] == "full" else job["batch_size"]
 
 
+class Checkpointer:
+    """Calls `save(snapshot)` after an epoch when `every_s` seconds have passed since the
+    last one (0: every epoch): checkpoints cost a copy of the model and optimizer."""
+
+    def __init__(self, save: Callable[[bytes], None] | None, every_s: float):
+        self.save, self.every_s, self.last = save, every_s, time.monotonic()
+
+    def __call__(self, progress: Progress) -> None:
+        if self.save is not None and time.monotonic() - self.last >= self.every_s:
+            self.save(snapshot(progress))
+            self.last = time.monotonic()
+
+
 def run_fold(x: np.ndarray, y: np.ndarray, info: DataInfo, plan: FoldPlan, job: dict, *,
-             device: torch.device, report: Callable[[EpochReport], None]) -> FoldOutcome:
-    """Train fold `plan.index` of a job whose spec (as a dict) is `job`."""
+             device: torch.device, report: Callable[[EpochReport], None],
+             checkpoint: Callable[[bytes], None] | None = None,
+             resume_from: bytes | None = None) -> FoldOutcome:
+    """Train fold `plan.index` of a job whose spec (as a dict) is `job`.
+
+    `checkpoint` receives epoch checkpoints (see Checkpointer); `resume_from`, the last
+    of them, makes a retried fold continue after that epoch instead of starting over.
+    """
     seed = fold_seed(job, plan.index)
     torch.manual_seed(seed)  # same initial weights every time this fold runs
     x, y, task = prepare(x, y, info, plan.train)
     model = build_model(job["model"], info.input_shape, task.n_outputs).to(device)
     optimizer = build_optimizer(model.parameters(), job["optimizer"])
+    save = Checkpointer(checkpoint, job.get("checkpoint_interval_s", 10.0))
     result = fit(model, optimizer, task, train=to_split(x, y, plan.train, device),
                  val=to_split(x, y, plan.val, device), test=to_split(x, y, plan.test, device),
                  batch_size=batch_size_of(job), max_epochs=job["max_epochs"],
                  stopper=make_stopper(job), seed=seed, ewma_beta=job.get("loss_ewma_beta", 0.9),
-                 on_epoch_end=report)
+                 on_epoch_end=lambda epoch, progress: (report(epoch), save(progress)),
+                 resume_from=resume_from)
     return FoldOutcome(plan.index, result.best_epoch, result.epochs_run, result.test_metrics,
                        serialize(result.best_state))
 

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from workers.checkpointing import Progress, restore
 from workers.early_stopping import EarlyStopping
 from workers.tasks import Classification, Regression
 
@@ -131,21 +132,29 @@ def check_finite(metrics: dict[str, float], epoch: int) -> None:
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, *, train: Split,
         val: Split, test: Split, batch_size: int | None, max_epochs: int, stopper: EarlyStopping,
         seed: int, ewma_beta: float = 0.9,
-        on_epoch_end: Callable[[EpochReport], None] = lambda report: None) -> TrainResult:
-    """Train until early stopping, restore the best epoch's weights, then test them."""
-    generator = torch.Generator().manual_seed(seed)
-    average = LossAverage(ewma_beta)
+        on_epoch_end: Callable[[EpochReport, Progress], None] = lambda report, progress: None,
+        resume_from: bytes | None = None) -> TrainResult:
+    """Train until early stopping, restore the best epoch's weights, then test them.
+
+    `on_epoch_end` gets each epoch's report and the training's Progress (to checkpoint
+    it); `resume_from`, such a checkpoint, continues after its epoch.
+    """
+    progress = Progress(model, optimizer, stopper, LossAverage(ewma_beta),
+                        torch.Generator().manual_seed(seed))
+    if resume_from is not None:
+        restore(progress, resume_from)
     history: list[EpochReport] = []
-    for epoch in range(1, max_epochs + 1):
-        train_loss = train_one_epoch(model, optimizer, task, train, batch_size, generator)
+    stopped = progress.epoch > 0 and stopper.epochs_without_improvement >= stopper.patience
+    while not stopped and progress.epoch < max_epochs:
+        progress.epoch += 1
+        train_loss = train_one_epoch(model, optimizer, task, train, batch_size, progress.generator)
         # The epoch's single host synchronisation: training loss and validation sums together.
         values = torch.cat([train_loss.reshape(1), evaluation_sums(model, task, val)]).tolist()
-        metrics = epoch_metrics(task, values[0], values[1:], len(val), average)
-        check_finite(metrics, epoch)
-        history.append(EpochReport(epoch, metrics))
-        on_epoch_end(history[-1])
-        if stopper.on_epoch_end(epoch, metrics, model):
-            break
+        metrics = epoch_metrics(task, values[0], values[1:], len(val), progress.average)
+        check_finite(metrics, progress.epoch)
+        history.append(EpochReport(progress.epoch, metrics))
+        stopped = stopper.on_epoch_end(progress.epoch, metrics, model)
+        on_epoch_end(history[-1], progress)
     model.load_state_dict(stopper.best_state)
-    return TrainResult(stopper.best_epoch, len(history), evaluate(model, task, test),
+    return TrainResult(stopper.best_epoch, progress.epoch, evaluate(model, task, test),
                        stopper.best_state, history)

@@ -210,3 +210,23 @@ def test_cnn_fold_learns_digits():
     plan = FoldPlan(0, rows[:1000], rows[1000:1400], rows[1400:])
     outcome = run_fold(data.x, data.y, data.info, plan, job, device=CPU, report=lambda r: None)
     assert outcome.test_metrics["accuracy"] > 0.9
+
+
+def test_a_fold_resumed_from_a_checkpoint_continues_exactly():
+    x, y = blobs()
+    job = {**JOB, "checkpoint_interval_s": 0, "max_epochs": 12,
+           "early_stopping": {"monitor": "val_loss", "patience": 20, "min_delta": 0.0}}
+    whole, snapshots = [], []
+    full = run_fold(x, y, INFO, plan_for(len(y)), job, device=CPU, report=whole.append,
+                    checkpoint=snapshots.append)
+    assert len(snapshots) == 12
+    resumed_reports = []
+    # As if the worker died after epoch 5: a new process starts from that checkpoint.
+    torch.manual_seed(12345)  # whatever the new process's random state, the checkpoint wins
+    resumed = run_fold(x, y, INFO, plan_for(len(y)), job, device=CPU, report=resumed_reports.append,
+                       resume_from=snapshots[4])
+    assert [r.epoch for r in resumed_reports] == list(range(6, 13))
+    for before, after in zip(whole[5:], resumed_reports):
+        assert after.metrics == pytest.approx(before.metrics, rel=1e-6)
+    assert resumed.test_metrics == pytest.approx(full.test_metrics, rel=1e-6)
+    assert resumed.best_epoch == full.best_epoch and resumed.epochs_run == 12

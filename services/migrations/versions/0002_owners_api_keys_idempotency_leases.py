@@ -1,4 +1,4 @@
-"""owners, api keys, idempotency, leases
+"""owners, api keys, idempotency, leases, fold workers
 
 Revision ID: 0002
 Revises: 0001
@@ -25,6 +25,9 @@ def upgrade() -> None:
     with op.batch_alter_table('api_keys', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_api_keys_owner'), ['owner'], unique=False)
 
+    with op.batch_alter_table('folds', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('worker', sa.String(length=200), nullable=True))
+
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('owner', sa.String(length=100), server_default='local', nullable=False))
         batch_op.add_column(sa.Column('idempotency_key', sa.String(length=200), nullable=True))
@@ -47,3 +50,5 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_api_keys_owner'))
 
     op.drop_table('api_keys')
+    with op.batch_alter_table('folds', schema=None) as batch_op:
+        batch_op.drop_column('worker')
