@@ -21,6 +21,7 @@ class FoldOut(BaseModel):
     best_epoch: int | None
     test_metrics: dict[str, float] | None
     error: str | None
+    worker: str | None
     mlflow_run_id: str | None
     mlflow_url: str | None
 
@@ -53,7 +54,7 @@ def fold_out(fold: Fold, experiment_id: str | None, ui_url: str) -> FoldOut:
     return FoldOut(index=fold.index, status=fold.status, attempts=fold.attempts, epoch=fold.epoch,
                    train_loss=fold.train_loss, val_loss=fold.val_loss,
                    val_accuracy=fold.val_accuracy, best_epoch=fold.best_epoch,
-                   test_metrics=fold.test_metrics, error=fold.error,
+                   test_metrics=fold.test_metrics, error=fold.error, worker=fold.worker,
                    mlflow_run_id=fold.mlflow_run_id,
                    mlflow_url=mlflow_link(ui_url, experiment_id, fold.mlflow_run_id))
 
