@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from services.datasets import load_dataset
+from services.datasets import describe
 from services.errors import IdempotencyConflict, InvalidJob, JobAlreadyFinished, JobNotFound
 from services.lifecycle import cancel_if_queued
 from services.models import LOCAL_OWNER, Fold, Job
@@ -18,16 +18,16 @@ from services.states import FINISHED_JOB, JobStatus
 
 def check_against_data(spec: JobSpec) -> None:
     """Rules that depend on the dataset itself, checked before anything is stored."""
-    data = load_dataset(spec.dataset)
-    if spec.cv.stratify and spec.cv.folds > (smallest := data.smallest_stratum()):
+    info, smallest = describe(spec.dataset)
+    if spec.cv.stratify and spec.cv.folds > smallest:
         raise InvalidJob("cv.folds", f"{spec.cv.folds} stratified folds need at least "
                          f"{spec.cv.folds} samples per class; the smallest class has {smallest}")
-    if spec.model.type == "cnn" and len(data.info.input_shape) != 3:
+    if spec.model.type == "cnn" and len(info.input_shape) != 3:
         raise InvalidJob("model.type", f"a cnn needs an image dataset (digits); "
                          f"{spec.dataset.name} is tabular")
     if spec.pack_folds and spec.model.type != "mlp":
         raise InvalidJob("pack_folds", "packing stacks MLPs only; use model.type mlp or unpacked folds")
-    if data.info.task == "regression" and spec.early_stopping.monitor == "val_accuracy":
+    if info.task == "regression" and spec.early_stopping.monitor == "val_accuracy":
         raise InvalidJob("early_stopping.monitor", f"{spec.dataset.name} is a regression "
                          "dataset: it has no accuracy; monitor val_loss")
 

@@ -13,6 +13,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, field_va
 MAX_HIDDEN_LAYERS = 8
 MAX_LAYER_WIDTH = 4096
 MAX_BATCH_SIZE = 1_000_000
+MAX_SYNTHETIC_CELLS = 50_000_000  # float32 cells of a generated dataset: 190 MiB
 
 
 class StrictModel(BaseModel):
@@ -105,6 +106,13 @@ class DatasetSpec(StrictModel):
     @classmethod
     def _from_name(cls, value):
         return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _bounded_size(self):
+        if self.rows * self.features > MAX_SYNTHETIC_CELLS:
+            raise ValueError(f"rows × features must be at most {MAX_SYNTHETIC_CELLS:,} "
+                             f"(a {MAX_SYNTHETIC_CELLS * 4 // 2**20} MiB dataset)")
+        return self
 
 
 class EarlyStoppingSpec(StrictModel):

@@ -39,6 +39,14 @@ def error_fields(response) -> list[str]:
     ({"learning_rate": 0.1}, "learning_rate", "Extra inputs are not permitted"),
     ({"batch_size": 1}, "", "batch normalization needs at least 2 samples"),
     ({"model": {"type": "rnn"}}, "model", "mlp"),
+    ({"model": {"hidden": [8] * 9}}, "model.mlp.hidden", "at most 8"),
+    ({"max_epochs": 0}, "max_epochs", "greater than or equal to 1"),
+    ({"optimizer": {"name": "sgd", "lr": 1e9}}, "optimizer.sgd.lr", "less than or equal to 10"),
+    ({"optimizer": {"name": "adam", "lr": 0.01, "beta2": -0.1}}, "optimizer.adam.beta2", "greater than or equal to 0"),
+    ({"cv": {"folds": 3, "shuffle": True}}, "cv.shuffle", "Extra inputs are not permitted"),
+    ({"dataset": {"name": "synthetic", "rows": 2_000_000, "features": 1000}}, "dataset",
+     "rows × features must be at most 50,000,000"),
+    ({"resources": {"cpus_per_fold": 0}}, "resources.cpus_per_fold", "greater than 0"),
     ({"loss_ewma_beta": 1.5}, "loss_ewma_beta", "less than 1"),
 ])
 def test_invalid_specs_get_422_naming_the_field_and_nothing_is_stored(client, change, field, rule):
@@ -56,10 +64,12 @@ def test_the_issue_examples_are_refused(client):
     assert "optimizer.adam.lr" in error_fields(adam) and "cv.folds" in error_fields(folds)
 
 
-def test_nan_in_the_json_body_is_refused(client):
-    body = json.dumps(small_job()).replace('"lr": 0.01', '"lr": NaN')
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_in_the_json_body_are_refused(client, literal):
+    body = json.dumps(small_job()).replace('"lr": 0.01', f'"lr": {literal}')
     response = client.post("/jobs", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422 and "optimizer.adam.lr" in error_fields(response)
+    assert client.get("/jobs").json()["total"] == 0
 
 
 def test_data_dependent_rules_are_422_too(client):

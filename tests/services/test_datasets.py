@@ -21,3 +21,15 @@ def test_synthetic_follows_its_parameters_and_seed():
     assert np.array_equal(data.x, again.x)
     other = load_dataset(spec.model_copy(update={"seed": 4}))
     assert not np.array_equal(data.x, other.x)
+
+
+@pytest.mark.parametrize("spec", [
+    DatasetSpec(name="synthetic", rows=1003, features=7, classes=4, seed=2),
+    DatasetSpec(name="synthetic_regression", rows=1003, features=7),
+    DatasetSpec(name="digits"), DatasetSpec(name="diabetes")])
+def test_describe_agrees_with_the_generated_data(spec):
+    from services.datasets import describe
+    info, smallest = describe(spec)
+    data = load_dataset(spec)
+    assert info == data.info
+    assert smallest <= data.smallest_stratum() <= smallest + 1

@@ -1,6 +1,8 @@
 """The job store, lifecycle and migrations, on SQLite and on PostgreSQL."""
 import threading
 
+from sqlalchemy import select
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -145,3 +147,40 @@ def test_a_retried_fold_counts_its_attempts(sessions):
         move_fold(fold, FoldStatus.RUNNING)
         session.commit()
         assert fold.attempts == 2
+
+
+def claim_all(url: str, name: str, out) -> None:
+    """One dispatcher process's claim loop (module level, so a spawned process can run it)."""
+    from services.database import make_engine, session_factory
+    engine = make_engine(url)
+    with session_factory(engine)() as session:
+        while (job := claim_next_job(session, dispatcher_id=name)) is not None:
+            out.put(job.id)
+    out.put(None)
+
+
+def test_four_dispatcher_processes_claim_each_of_200_jobs_exactly_once(sessions, database_url):
+    if not database_url.startswith("postgresql"):
+        pytest.skip("concurrent dispatchers are a PostgreSQL deployment")
+    import multiprocessing
+    from services.models import Job
+    with sessions() as session:  # 200 trivially small jobs, inserted directly
+        session.add_all([Job(name=f"job-{i}", spec=small_job(), status=JobStatus.QUEUED,
+                             cancel_requested=False) for i in range(200)])
+        session.commit()
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    processes = [context.Process(target=claim_all, args=(database_url, f"d{i}", out)) for i in range(4)]
+    for process in processes:
+        process.start()
+    claimed, finished = [], 0
+    while finished < 4:
+        item = out.get(timeout=120)
+        finished += item is None
+        if item is not None:
+            claimed.append(item)
+    for process in processes:
+        process.join(timeout=30)
+    assert len(claimed) == 200 and len(set(claimed)) == 200
+    with sessions() as session:
+        assert {j.status for j in session.scalars(select(Job))} == {JobStatus.RUNNING}
