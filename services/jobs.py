@@ -42,7 +42,7 @@ def create_job(*, session: Session, spec: JobSpec, owner: str = LOCAL_OWNER,
     """Store a new queued job; (job, True). With an idempotency key already used by this
     owner for the same spec: (that job, False); for another spec: IdempotencyConflict."""
     digest = request_hash(spec)
-    if idempotency_key and (earlier := find_by_key(session, owner, idempotency_key)):
+    if idempotency_key is not None and (earlier := find_by_key(session, owner, idempotency_key)):
         return replay(earlier, digest), False
     check_against_data(spec)
     job = Job(name=spec.name, owner=owner, spec=spec.model_dump(mode="json"), status=JobStatus.QUEUED,
@@ -54,7 +54,7 @@ def create_job(*, session: Session, spec: JobSpec, owner: str = LOCAL_OWNER,
     except IntegrityError:
         # A concurrent request with the same key won the insert: answer with its job.
         session.rollback()
-        earlier = find_by_key(session, owner, idempotency_key) if idempotency_key else None
+        earlier = find_by_key(session, owner, idempotency_key) if idempotency_key is not None else None
         if earlier is None:
             raise
         return replay(earlier, digest), False

@@ -12,7 +12,7 @@ from services.spec import JobSpec
 from services.states import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-IdempotencyKey = Annotated[str | None, Header(max_length=200, description=(
+IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, description=(
     "repeat a submission safely: the same key and body return the same job"))]
 
 
