@@ -81,7 +81,8 @@ def serve_command(args) -> int:
 def api_command(args) -> int:
     from api.server import run_api
     from services.settings import get_settings
-    run_api(get_settings())
+    settings = get_settings()
+    run_api(settings, workers=settings.api_workers)
     return 0
 
 

@@ -36,9 +36,14 @@ def build_dispatcher(settings: Settings):
                       poll_interval_s=settings.poll_interval_s, lease_s=settings.lease_s)
 
 
-def run_api(settings: Settings) -> None:
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port,
-                log_level="warning")
+def run_api(settings: Settings, workers: int = 1) -> None:
+    if workers > 1:
+        # Several processes: each builds its own app from the same environment.
+        uvicorn.run("api.main:create_app", factory=True, host=settings.api_host,
+                    port=settings.api_port, workers=workers, log_level="warning")
+    else:
+        uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port,
+                    log_level="warning")
 
 
 def run_dispatcher(settings: Settings) -> None:

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     ray_address: str = ""
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
+    api_workers: int = Field(1, ge=1, le=64, description="API processes (`crossfold api` only)")
     # Authentication: None (default) means on whenever the API binds to a non-loopback
     # address; true or false forces it.
     auth_required: bool | None = None

@@ -116,8 +116,10 @@ def test_cancelling_a_running_job_stops_its_folds(stack):
     job_id = http.post("/jobs", json=long_job).json()["id"]
     # Progress reaches the job record while the folds run.
     wait_for(lambda: any(f["epoch"] > 0 for f in http.get(f"/jobs/{job_id}").json()["folds"]), 60)
+    asked = time.monotonic()
     assert http.post(f"/jobs/{job_id}/cancel").json()["cancel_requested"] is True
     job = wait_until_finished(http, job_id, timeout=30)
+    print(f"cancelled {time.monotonic() - asked:.2f} s after the request")  # the target is 5 s
     assert job["status"] == "cancelled"
     assert {f["status"] for f in job["folds"]} == {"cancelled"}
     assert tracker.client.get_run(job["mlflow_run_id"]).info.status == "KILLED"

@@ -1,0 +1,124 @@
+"""Submission load: N concurrent clients × M submissions each against the API on PostgreSQL.
+
+Starts `crossfold api` in its own process on a fresh database, fires the submissions
+(each with its own Idempotency-Key), then checks that every job was stored exactly once.
+Prints latency percentiles and errors; writes bench/results/submit_load.json.
+
+    python bench/submit_load.py [--clients 50] [--per-client 20]
+        [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+JOB = {"name": "load", "dataset": "iris", "optimizer": {"name": "adam", "lr": 0.01},
+       "model": {"type": "mlp", "hidden": [16]}, "max_epochs": 5, "cv": {"folds": 3}}
+
+
+def start_api(database_url: str, port: int, workers: int) -> subprocess.Popen:
+    env = {**os.environ, "CROSSFOLD_DATABASE_URL": database_url, "CROSSFOLD_API_PORT": str(port),
+           "CROSSFOLD_API_WORKERS": str(workers)}
+    api = subprocess.Popen([sys.executable, "-m", "api.cli", "api"], cwd=ROOT, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return api
+        except httpx.TransportError:
+            time.sleep(0.2)
+    api.kill()
+    raise RuntimeError("the API did not start")
+
+
+def client(base: str, count: int, latencies: list, errors: list, start: threading.Barrier) -> None:
+    with httpx.Client(base_url=base, timeout=30) as http:
+        start.wait()
+        for _ in range(count):
+            key = uuid.uuid4().hex
+            began = time.perf_counter()
+            try:
+                response = http.post("/jobs", json=JOB, headers={"Idempotency-Key": key})
+                ok = response.status_code == 201
+            except httpx.HTTPError as error:
+                ok, response = False, error
+            latencies.append(time.perf_counter() - began)
+            if not ok:
+                errors.append(str(getattr(response, "status_code", response)))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run(admin_url: str, clients: int, per_client: int, port: int, workers: int) -> dict:
+    name = f"crossfold_load_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    database_url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    api = start_api(database_url, port, workers)
+    try:
+        latencies, errors = [], []
+        start = threading.Barrier(clients)
+        threads = [threading.Thread(target=client, args=(f"http://127.0.0.1:{port}", per_client,
+                                                           latencies, errors, start))
+                   for _ in range(clients)]
+        began = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - began
+        with psycopg.connect(database_url) as db:
+            stored, distinct = db.execute(
+                "SELECT count(*), count(DISTINCT idempotency_key) FROM jobs").fetchone()
+    finally:
+        api.terminate()
+        api.wait(timeout=30)
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    ms = [1000 * v for v in latencies]
+    return {"clients": clients, "per_client": per_client, "api_workers": workers, "submitted": len(ms), "errors": len(errors),
+            "error_kinds": sorted(set(errors)), "stored": stored, "stored_distinct": distinct,
+            "seconds": elapsed, "per_second": len(ms) / elapsed,
+            "p50_ms": statistics.median(ms), "p90_ms": percentile(ms, 0.9),
+            "p99_ms": percentile(ms, 0.99), "max_ms": max(ms)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--per-client", type=int, default=20)
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--api-workers", type=int, default=1, help="API processes (CROSSFOLD_API_WORKERS)")
+    parser.add_argument("--postgres", default=os.environ.get(
+        "CROSSFOLD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    args = parser.parse_args()
+    result = run(args.postgres, args.clients, args.per_client, args.port, args.api_workers)
+    print(f"{'clients':>8} {'jobs':>6} {'errors':>7} {'stored':>7} {'req/s':>7} "
+          f"{'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'max ms':>7}")
+    print(f"{result['clients']:>8} {result['submitted']:>6} {result['errors']:>7} {result['stored']:>7} "
+          f"{result['per_second']:>7.0f} {result['p50_ms']:>7.1f} {result['p90_ms']:>7.1f} "
+          f"{result['p99_ms']:>7.1f} {result['max_ms']:>7.1f}")
+    out = ROOT / "bench" / "results" / "submit_load.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
