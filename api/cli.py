@@ -149,7 +149,11 @@ def keys_command(args) -> int:
     engine = make_engine(get_settings().resolved_database_url())
     upgrade_schema(engine)
     with session_factory(engine)() as session:
-        key = create_key(session=session, owner=args.owner)
+        try:
+            key = create_key(session=session, owner=args.owner)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     print(key)
     print(f"API key for owner {args.owner!r}. It is shown only this once: store it now.",
           file=sys.stderr)

@@ -1,7 +1,7 @@
 """Request dependencies, as Annotated aliases."""
 from __future__ import annotations
 
-from typing import Annotated, Iterator
+from typing import Annotated, AsyncIterator
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -12,9 +12,19 @@ from services.models import LOCAL_OWNER
 from services.settings import Settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as session:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A database session for one request.
+
+    An async dependency on purpose: its clean-up (returning the connection to the pool)
+    then runs on the event loop. As a sync one it would need a worker thread, and under
+    load every worker thread can be taken by requests waiting for a connection that only
+    that clean-up would free: a deadlock until the pool times out.
+    """
+    session = request.app.state.sessions()
+    try:
         yield session
+    finally:
+        session.close()
 
 
 def get_app_settings(request: Request) -> Settings:

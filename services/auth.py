@@ -7,7 +7,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.models import ApiKey
+from services.models import LOCAL_OWNER, ApiKey
 
 KEY_PREFIX = "cf_"
 
@@ -21,6 +21,9 @@ def create_key(*, session: Session, owner: str) -> str:
     """A new key for `owner`; the only time the key itself exists outside its user."""
     if not owner or len(owner) > 100:
         raise ValueError("owner must be 1 to 100 characters")
+    if owner == LOCAL_OWNER:
+        # Jobs submitted while authentication was off belong to this owner.
+        raise ValueError(f"{LOCAL_OWNER!r} is reserved for the unauthenticated embedded mode")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     session.add(ApiKey(owner=owner, key_hash=hash_key(key)))
     session.commit()

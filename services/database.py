@@ -18,7 +18,9 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _tune_sqlite)
         return engine
-    return create_engine(_with_driver(url), pool_pre_ping=True)
+    # More connections than SQLAlchemy's default 5 + 10: the API serves up to 40 requests
+    # at once (its thread pool), and a request waiting for a connection holds a thread.
+    return create_engine(_with_driver(url), pool_pre_ping=True, pool_size=10, max_overflow=40)
 
 
 def _with_driver(url: str) -> str:

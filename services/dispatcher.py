@@ -57,8 +57,9 @@ class Dispatcher:
 
     def tick(self) -> None:
         with self.sessions() as session:
-            renew_leases(session, dispatcher_id=self.dispatcher_id, job_ids=list(self.active),
-                         lease_s=self.lease_s)
+            held = renew_leases(session, dispatcher_id=self.dispatcher_id, job_ids=list(self.active),
+                                lease_s=self.lease_s)
+            self.drop_lost_jobs(held)
             self.claim_jobs(session)
             # Look for finished tasks before draining progress: a task reports all its
             # epochs before it returns, so every epoch of these tasks is on the board now.
@@ -84,10 +85,10 @@ class Dispatcher:
     def start_job(self, session: Session, job: Job, *, adopted: bool = False) -> None:
         """Submit the folds of a newly claimed job, or the unfinished folds of an adopted one."""
         spec = JobSpec.model_validate(job.spec)
-        if not adopted:
-            self.create_runs(session, job, spec)
-        else:
+        if adopted:
             self.reset_interrupted_folds(session, job)
+        if job.mlflow_run_id is None:  # new, or adopted from a dispatcher that died before
+            self.create_runs(session, job, spec)
         self.active[job.id] = ActiveJob(job.id)
         unfinished = [fold for fold in job.folds if fold.status not in FINISHED_FOLD]
         if unfinished and not job.cancel_requested:
@@ -117,15 +118,19 @@ class Dispatcher:
         session.commit()
 
     def fail_before_start(self, session: Session, job: Job, reason: str) -> None:
+        """A job that cannot start fails at once, its unfinished folds cancelled and
+        its MLflow runs closed; the dispatcher forgets it."""
         session.rollback()
+        self.active.pop(job.id, None)
+        job = session.get(Job, job.id)
         job.error = reason
-        for fold in job.folds:
-            move_fold(fold, FoldStatus.CANCELLED)
+        self.cancel_leftover_folds(job)
         move_job(job, JobStatus.FAILED)
+        job.lease_expires_at = None
         session.commit()
         if job.mlflow_run_id:
             self.tracker.finish_job(job.mlflow_run_id, status="failed", summary={},
-                                    table=[], error=reason)
+                                    table=fold_table(job.folds), error=reason)
 
     # -- progress ------------------------------------------------------------------
     def apply_progress(self, session: Session) -> None:
@@ -178,11 +183,15 @@ class Dispatcher:
         for job_id, refs in finished.items():
             active = self.active[job_id]
             for ref in refs:
-                for index, result in self.cluster.results(ref, active.tasks.pop(ref)).items():
+                for index, result in self.cluster.results(ref, active.tasks[ref]).items():
                     if active.cancelling and result.outcome is None:
                         result = FoldResult(cancelled=True)  # killed by us, whatever Ray calls it
                     self.finish_fold(session, active.job_id, index, result)
             session.commit()
+            # Only now, with the results stored: should anything above fail, the next
+            # tick collects these tasks again.
+            for ref in refs:
+                del active.tasks[ref]
             if not active.tasks:
                 self.finish_job(session, active.job_id)
 
@@ -231,7 +240,8 @@ class Dispatcher:
         for fold in job.folds:
             if fold.status not in FINISHED_FOLD:
                 move_fold(fold, FoldStatus.CANCELLED)
-                self.tracker.finish_fold(fold.mlflow_run_id, status="cancelled")
+                if fold.mlflow_run_id:
+                    self.tracker.finish_fold(fold.mlflow_run_id, status="cancelled")
 
     @staticmethod
     def outcome_of(job: Job) -> tuple[JobStatus, str | None]:
@@ -241,6 +251,14 @@ class Dispatcher:
         if failed:
             return JobStatus.FAILED, "; ".join(f"fold {f.index} failed: {f.error}" for f in failed)
         return JobStatus.SUCCEEDED, None
+
+    def drop_lost_jobs(self, held: set[str]) -> None:
+        """Jobs whose lease lapsed (this dispatcher stalled) and that another dispatcher
+        adopted: stop their tasks here and leave them to their new dispatcher."""
+        for job_id in [j for j in self.active if j not in held]:
+            log.warning("lost the lease of job %s to another dispatcher", job_id)
+            for ref in self.active.pop(job_id).tasks:
+                self.cluster.cancel(ref)
 
     # -- cancellation --------------------------------------------------------------
     def carry_out_cancellations(self, session: Session) -> None:

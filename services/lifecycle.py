@@ -62,7 +62,8 @@ def adopt_orphaned_job(session: Session, *, dispatcher_id: str, lease_s: float =
     The status stays `running`; only the owner and the lease change, conditionally on
     the lease still being lapsed, so two dispatchers cannot both adopt the job.
     """
-    expired = (Job.status == JobStatus.RUNNING) & (Job.lease_expires_at < now())
+    expired = ((Job.status == JobStatus.RUNNING) & (Job.lease_expires_at < now())
+               & Job.dispatcher_id.is_distinct_from(dispatcher_id))
     query = select(Job.id, Job.dispatcher_id).where(expired).order_by(Job.started_at).limit(1)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
@@ -76,12 +77,18 @@ def adopt_orphaned_job(session: Session, *, dispatcher_id: str, lease_s: float =
     return session.get(Job, found.id) if adopted.rowcount == 1 else None
 
 
-def renew_leases(session: Session, *, dispatcher_id: str, job_ids: list[str], lease_s: float) -> None:
-    """Keep this dispatcher's running jobs its own for another `lease_s` seconds."""
-    if job_ids:
-        session.execute(update(Job).where(Job.id.in_(job_ids), Job.dispatcher_id == dispatcher_id)
-                        .values(lease_expires_at=now() + timedelta(seconds=lease_s)))
-        session.commit()
+def renew_leases(session: Session, *, dispatcher_id: str, job_ids: list[str], lease_s: float) -> set[str]:
+    """Keep this dispatcher's running jobs its own for another `lease_s` seconds; returns
+    the ids it still holds (a job adopted by another dispatcher is no longer among them)."""
+    if not job_ids:
+        return set()
+    held = session.scalars(
+        update(Job).where(Job.id.in_(job_ids), Job.dispatcher_id == dispatcher_id,
+                          Job.status == JobStatus.RUNNING)
+        .values(lease_expires_at=now() + timedelta(seconds=lease_s)).returning(Job.id))
+    held = set(held)
+    session.commit()
+    return held
 
 
 def cancel_if_queued(session: Session, *, job_id: str) -> bool:

@@ -98,3 +98,38 @@ def test_a_killed_dispatcher_is_replaced_and_nothing_finished_runs_again(ray_ses
         steps = sorted(m.step for m in client.get_metric_history(fold.mlflow_run_id, "val_loss"))
         assert steps == list(range(1, fold.epoch + 1))
     engine.dispose()
+
+
+def test_a_job_that_cannot_start_fails_alone_and_the_next_one_runs(ray_session, tmp_path, database_url):
+    from services.cluster import Cluster
+    from services.dispatcher import Dispatcher
+    from services.models import Fold, Job
+    from services.states import JobStatus
+    from services.tracking import Tracker
+    engine = make_engine(database_url)
+    upgrade_schema(engine)
+    sessions = session_factory(engine)
+    with sessions() as session:
+        # A spec this version cannot read (say, written by a newer one), then a good job.
+        broken = Job(name="broken", spec={"name": "broken"}, status=JobStatus.QUEUED, cancel_requested=False)
+        broken.folds = [Fold(index=i) for i in range(3)]
+        session.add(broken)
+        session.commit()
+        good = jobs.create_job(session=session, spec=JobSpec.model_validate(small_job(max_epochs=3)))[0]
+    tracker = Tracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifacts_dir=tmp_path / "art")
+    dispatcher = Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker, max_active_jobs=1)
+
+    def status(job_id):
+        with sessions() as session:
+            return jobs.get_job(session=session, job_id=job_id)
+
+    def step():
+        dispatcher.tick()
+        return status(good.id).status is JobStatus.SUCCEEDED
+
+    wait_for(step, 120)
+    failed = status(broken.id)
+    assert failed.status is JobStatus.FAILED and failed.error.startswith("could not start")
+    assert {f.status.value for f in failed.folds} == {"cancelled"}
+    assert not dispatcher.active
+    engine.dispose()

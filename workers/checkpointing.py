@@ -45,8 +45,9 @@ def snapshot(progress: Progress) -> bytes:
 
 def restore(progress: Progress, data: bytes) -> None:
     """Put a fold back as it was at the end of the checkpointed epoch."""
-    device = next(progress.model.parameters()).device
-    state = torch.load(io.BytesIO(data), map_location=device, weights_only=False)
+    # On the CPU: random generator states must stay CPU tensors; load_state_dict moves
+    # weights and optimizer state to the model's device itself.
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     progress.model.load_state_dict(state["model"])
     progress.optimizer.load_state_dict(state["optimizer"])
     for key, value in state["stopper"].items():

@@ -1,6 +1,7 @@
 """k MLPs as one stacked model: weights shaped [k, ...], activations [k, batch, features].
 
-Each fold keeps its own weights, batch-norm statistics and dropout masks; one batched
+Each fold keeps its own weights and batch-norm statistics, and draws its own dropout
+masks (one Dropout over [k, batch, features] masks each fold independently); one batched
 matrix multiply (baddbmm) runs all k folds at once. A row mask lets folds whose batches
 are shorter (or empty) this step share the tensor without their padding counting.
 """

@@ -1,8 +1,10 @@
 """Training all k folds of a job at once, as one stacked model (job option pack_folds).
 
 Each fold keeps what it would have alone: its own data and shuffling order (its own
-generator, seeded as in the unpacked run), batch-norm statistics, dropout masks, early
-stopping and best checkpoint. Folds whose training sets differ in size share each
+generator, seeded as in the unpacked run), batch-norm statistics, early stopping and
+best checkpoint, and dropout masks of its own (independent of the other folds', though
+not the same draws as an unpacked run would make: packed and unpacked runs agree
+exactly only without dropout). Folds whose training sets differ in size share each
 step through a row mask; a fold that has stopped, or has no rows left in this epoch,
 is frozen by the optimizer rather than stepped with a zero gradient.
 """
@@ -114,7 +116,7 @@ def packed_evaluation_sums(model: PackedMLP, task: Task, data: Stack) -> torch.T
         output = model(data.x[:, start:start + EVAL_CHUNK])
         for k, n in enumerate(data.sizes):
             if n > start:
-                part = task.sums(output[k, :n - start], data.y[k, start:n])
+                part = task.sums(output[k, :n - start], data.y[k, start:min(n, start + EVAL_CHUNK)])
                 sums[k] = part if sums[k] is None else sums[k] + part
     return torch.stack(sums)
 

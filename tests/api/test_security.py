@@ -2,6 +2,7 @@
 import hashlib
 import json
 import threading
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -90,33 +91,61 @@ def test_same_idempotency_key_and_body_returns_the_same_job(client):
     assert client.get("/jobs").json()["total"] == 1
 
 
-def test_concurrent_requests_with_one_key_create_one_job(settings, sessions):
-    if not settings.database_url.startswith("postgresql"):
-        pytest.skip("the concurrency case is the PostgreSQL one")
+@contextmanager
+def served(app):
+    """The app on a real uvicorn server on a free loopback port, for concurrent clients."""
     import uvicorn
     from tests.test_end_to_end import free_port, wait_for
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, sessions), host="127.0.0.1", port=port,
-                                           log_level="warning", limit_concurrency=200))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           limit_concurrency=500))
     threading.Thread(target=server.run, daemon=True).start()
     wait_for(lambda: server.started, 30)
-    barrier, answers = threading.Barrier(100), []
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+
+
+def post_at_once(base: str, count: int, headers: dict | None = None) -> list[httpx.Response]:
+    barrier, answers = threading.Barrier(count), []
 
     def submit():
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+        with httpx.Client(base_url=base, timeout=60) as http:
             barrier.wait()
-            answers.append(http.post("/jobs", json=small_job(), headers={"Idempotency-Key": "same"}))
+            answers.append(http.post("/jobs", json=small_job(), headers=headers or {}))
 
-    threads = [threading.Thread(target=submit) for _ in range(100)]
+    threads = [threading.Thread(target=submit) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    server.should_exit = True
+    return answers
+
+
+def test_concurrent_requests_with_one_key_create_one_job(settings, sessions):
+    if not settings.database_url.startswith("postgresql"):
+        pytest.skip("the concurrency case is the PostgreSQL one")
+    with served(create_app(settings, sessions)) as base:
+        answers = post_at_once(base, 100, {"Idempotency-Key": "same"})
     assert sorted({a.status_code for a in answers}) in ([200, 201], [201])
     assert len({a.json()["id"] for a in answers}) == 1
     with sessions() as session:
         assert len(session.scalars(select(Job)).all()) == 1
+
+
+def test_more_requests_than_database_connections_all_succeed(settings):
+    """Requests queue for a small connection pool instead of deadlocking on it."""
+    if not settings.database_url.startswith("postgresql"):
+        pytest.skip("pool sizing is the PostgreSQL deployment's concern")
+    from sqlalchemy import create_engine
+    from services.database import _with_driver, session_factory, upgrade_schema
+    engine = create_engine(_with_driver(settings.database_url), pool_size=1, max_overflow=0, pool_timeout=20)
+    upgrade_schema(engine)
+    with served(create_app(settings, session_factory(engine))) as base:
+        answers = post_at_once(base, 60)
+    assert [a.status_code for a in answers] == [201] * 60
+    engine.dispose()
 
 
 def test_bodies_over_the_limit_get_413_and_store_nothing(settings, sessions):

@@ -139,3 +139,19 @@ def test_a_diverging_fold_stops_alone_and_the_others_go_on():
     assert reported == [0, 2]
     assert [f.active for f in folds] == [True, False, True]
     assert folds[1].error == "loss became nan at epoch 1 (train_loss)"
+
+
+def test_packed_evaluation_is_the_same_in_small_chunks(monkeypatch):
+    import workers.packed_training as packed
+    from workers.packed_model import PackedMLP
+    from workers.packed_training import Stack, packed_evaluation_sums
+    from workers.tasks import Classification
+    from workers.training import Split
+    torch.manual_seed(0)
+    model = PackedMLP([build_model({"type": "mlp", "hidden": [8], "batch_norm": True}, (5,), 3)
+                       for _ in range(3)])
+    splits = [Split(torch.randn(n, 5), torch.randint(0, 3, (n,))) for n in (10, 7, 9)]
+    whole = packed_evaluation_sums(model, Classification(3), Stack.of(splits))
+    monkeypatch.setattr(packed, "EVAL_CHUNK", 4)  # chunks that end inside each fold's rows
+    chunked = packed_evaluation_sums(model, Classification(3), Stack.of(splits))
+    assert torch.allclose(whole, chunked, atol=1e-5)
