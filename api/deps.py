@@ -34,13 +34,18 @@ def get_app_settings(request: Request) -> Settings:
 bearer = HTTPBearer(auto_error=False, description="an API key from `crossfold keys create`")
 
 
-def get_owner(request: Request, session: Annotated[Session, Depends(get_session)],
+def get_owner(request: Request,
               credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
     """Who is calling: the owner of the presented API key, or the local owner when
     authentication is off. Every job route is scoped to this owner."""
     if not request.app.state.settings.requires_auth():
         return LOCAL_OWNER
-    owner = owner_of(session=session, key=credentials.credentials) if credentials else None
+    owner = None
+    if credentials:
+        # A session of its own, closed at once: holding a connection from here until
+        # the handler runs in another thread could deadlock the pool (see get_session).
+        with request.app.state.sessions() as session:
+            owner = owner_of(session=session, key=credentials.credentials)
     if owner is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "a valid API key is required "
                             "(Authorization: Bearer KEY)", headers={"WWW-Authenticate": "Bearer"})

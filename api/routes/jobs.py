@@ -1,9 +1,17 @@
-"""/jobs: submit, read, list and cancel training jobs, each scoped to the caller."""
+"""/jobs: submit, read, list and cancel training jobs, each scoped to the caller.
+
+Handlers build their JSON response themselves (response_model is there for the docs):
+FastAPI would otherwise validate the returned model in a worker thread after the
+handler, while the request still holds its database connection, and under load every
+worker thread can be waiting for a connection: a deadlock until the pool times out.
+"""
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from api.deps import OwnerDep, SessionDep, SettingsDep
 from api.schemas import JobOut, JobPage, job_out
@@ -20,13 +28,11 @@ IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, desc
              responses={200: {"model": JobOut, "description": "replayed: the job this key created"},
                         409: {"description": "the Idempotency-Key was used with another body"}})
 def submit_job(spec: JobSpec, session: SessionDep, settings: SettingsDep, owner: OwnerDep,
-               response: Response, idempotency_key: IdempotencyKey = None):
+               idempotency_key: IdempotencyKey = None) -> JSONResponse:
     job, created = jobs.create_job(session=session, spec=spec, owner=owner,
                                    idempotency_key=idempotency_key)
-    response.headers["Location"] = f"/jobs/{job.id}"
-    if not created:
-        response.status_code = status.HTTP_200_OK
-    return job_out(job, settings.mlflow_ui_url)
+    return as_json(job_out(job, settings.mlflow_ui_url), status.HTTP_201_CREATED if created else 200,
+                   headers={"Location": f"/jobs/{job.id}"})
 
 
 @router.get("", response_model=JobPage)
@@ -36,17 +42,22 @@ def list_jobs(session: SessionDep, settings: SettingsDep, owner: OwnerDep,
               offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0):
     page, total = jobs.list_jobs(session=session, owner=owner, status=status_, limit=limit,
                                  offset=offset)
-    return JobPage(items=[job_out(j, settings.mlflow_ui_url) for j in page],
-                   total=total, limit=limit, offset=offset)
+    return as_json(JobPage(items=[job_out(j, settings.mlflow_ui_url) for j in page],
+                           total=total, limit=limit, offset=offset))
 
 
 @router.get("/{job_id}", response_model=JobOut, responses={404: {"description": "no such job"}})
 def read_job(job_id: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep):
-    return job_out(jobs.get_job(session=session, job_id=job_id, owner=owner), settings.mlflow_ui_url)
+    return as_json(job_out(jobs.get_job(session=session, job_id=job_id, owner=owner),
+                           settings.mlflow_ui_url))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut,
              responses={404: {"description": "no such job"}, 409: {"description": "already finished"}})
 def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep):
-    return job_out(jobs.cancel_job(session=session, job_id=job_id, owner=owner),
-                   settings.mlflow_ui_url)
+    return as_json(job_out(jobs.cancel_job(session=session, job_id=job_id, owner=owner),
+                           settings.mlflow_ui_url))
+
+
+def as_json(body: BaseModel, status_code: int = 200, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(body.model_dump(mode="json"), status_code=status_code, headers=headers)
