@@ -16,6 +16,7 @@ import ray
 import torch
 
 from workers.checkpointing import checkpoint_epoch
+from workers.packed_checkpointing import pack_epoch
 from workers.fold import DataInfo, FoldOutcome, FoldPlan, run_fold, run_packed_folds
 from workers.training import EpochReport
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 
 BOARD_NAME, NAMESPACE = "crossfold-board", "crossfold"
+PACK = -1  # the checkpoint key of a packed task (it holds all of a job's folds)
 
 
 @ray.remote(num_cpus=0)
@@ -113,11 +115,14 @@ def packed_task(data: tuple[np.ndarray, np.ndarray, DataInfo], plans: list[FoldP
                 job_id: str, board) -> list[FoldOutcome | str]:
     """All folds of a job in one task, as one stacked model (pack_folds)."""
     device, reporter = task_device(job), Reporter(board, job_id)
-    for plan in plans:  # packed folds restart from their first epoch when retried
+    resume_from = reporter.resume_point(PACK)  # set when this is a retry
+    for plan in plans:
         reporter.send(plan.index, "started", device=str(device), worker=worker_name(),
-                      resumed_after_epoch=0)
+                      resumed_after_epoch=pack_epoch(resume_from) if resume_from else 0)
     x, y, info = data
-    outcomes = run_packed_folds(x, y, info, plans, job, device=device, report=reporter.epoch)
+    outcomes = run_packed_folds(x, y, info, plans, job, device=device, report=reporter.epoch,
+                                checkpoint=lambda snapshot: reporter.checkpoint(PACK, snapshot),
+                                resume_from=resume_from)
     reporter.flush()
     return outcomes
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from services import jobs
@@ -19,20 +20,24 @@ SLOW_FOLDS = dict(dataset={"name": "synthetic", "rows": 4000, "features": 20}, m
                   early_stopping={"patience": 1000}, checkpoint_interval_s=0)
 
 
-def test_a_killed_worker_resumes_its_fold_from_its_last_checkpoint(stack):  # noqa: F811
+@pytest.mark.parametrize("packed", [False, True], ids=["task-per-fold", "packed"])
+def test_a_killed_worker_resumes_its_folds_from_the_last_checkpoint(stack, packed):  # noqa: F811
     http, tracker = stack
-    job_id = http.post("/jobs", json=small_job(name="kill-worker", **SLOW_FOLDS)).json()["id"]
+    spec = small_job(name="kill-worker", pack_folds=packed, **SLOW_FOLDS)
+    job_id = http.post("/jobs", json=spec).json()["id"]
     victim = wait_for(lambda: next((f for f in http.get(f"/jobs/{job_id}").json()["folds"]
                                     if f["epoch"] >= 5 and f["status"] == "running"), None), 90)
     os.kill(int(victim["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
     job = wait_until_finished(http, job_id)
     assert job["status"] == "succeeded", job["error"]
-    fold = job["folds"][victim["index"]]
-    assert fold["attempts"] == 2 and fold["epoch"] == 40 and fold["worker"] != victim["worker"]
-    run = tracker.client.get_run(fold["mlflow_run_id"])
-    assert int(run.data.tags["crossfold.attempt_2_resumed_after_epoch"]) >= 5  # not from scratch
-    history = tracker.client.get_metric_history(fold["mlflow_run_id"], "val_loss")
-    assert sorted(m.step for m in history) == list(range(1, 41))  # no epoch lost, none twice
+    # One task per fold: the victim's fold was hit; packed: every fold lived in that process.
+    hit = [f for f in job["folds"] if packed or f["index"] == victim["index"]]
+    for fold in hit:
+        assert fold["attempts"] == 2 and fold["epoch"] == 40 and fold["worker"] != victim["worker"]
+        run = tracker.client.get_run(fold["mlflow_run_id"])
+        assert int(run.data.tags["crossfold.attempt_2_resumed_after_epoch"]) >= 5  # not from scratch
+        history = tracker.client.get_metric_history(fold["mlflow_run_id"], "val_loss")
+        assert sorted(m.step for m in history) == list(range(1, 41))  # no epoch lost, none twice
 
 
 def test_a_diverging_fold_fails_the_job_with_its_reason_and_keeps_the_others(stack):  # noqa: F811

@@ -15,11 +15,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from workers.checkpointing import Progress, snapshot
+from workers.checkpointing import snapshot
 from workers.early_stopping import EarlyStopping
 from workers.models import build_model
 from workers.optimizers import build_optimizer
 from workers.tasks import Classification, Regression
+from workers.packed_checkpointing import snapshot_pack
 from workers.packed_model import PackedMLP
 from workers.packed_optimizer import PackedOptimizer
 from workers.packed_training import PackedFold, Stack, fit_packed
@@ -98,15 +99,15 @@ def batch_size_of(job: dict) -> int | None:
 
 
 class Checkpointer:
-    """Calls `save(snapshot)` after an epoch when `every_s` seconds have passed since the
-    last one (0: every epoch): checkpoints cost a copy of the model and optimizer."""
+    """Calls `save(take(progress))` after an epoch when `every_s` seconds have passed since
+    the last one (0: every epoch): checkpoints cost a copy of the model and optimizer."""
 
-    def __init__(self, save: Callable[[bytes], None] | None, every_s: float):
-        self.save, self.every_s, self.last = save, every_s, time.monotonic()
+    def __init__(self, save: Callable[[bytes], None] | None, every_s: float, take=snapshot):
+        self.save, self.every_s, self.take, self.last = save, every_s, take, time.monotonic()
 
-    def __call__(self, progress: Progress) -> None:
+    def __call__(self, progress) -> None:
         if self.save is not None and time.monotonic() - self.last >= self.every_s:
-            self.save(snapshot(progress))
+            self.save(self.take(progress))
             self.last = time.monotonic()
 
 
@@ -136,10 +137,12 @@ def run_fold(x: np.ndarray, y: np.ndarray, info: DataInfo, plan: FoldPlan, job: 
 
 
 def run_packed_folds(x: np.ndarray, y: np.ndarray, info: DataInfo, plans: list[FoldPlan], job: dict, *,
-                     device: torch.device, report: Callable[[int, EpochReport], None]
-                     ) -> list[FoldOutcome | str]:
+                     device: torch.device, report: Callable[[int, EpochReport], None],
+                     checkpoint: Callable[[bytes], None] | None = None,
+                     resume_from: bytes | None = None) -> list[FoldOutcome | str]:
     """Train all of a job's folds in one stacked model (pack_folds); per fold, its outcome
-    or the reason it failed. Each fold starts from the weights its unpacked run would."""
+    or the reason it failed. Each fold starts from the weights its unpacked run would;
+    `checkpoint` and `resume_from` work as in run_fold, for the whole pack."""
     if job["model"]["type"] != "mlp":
         raise ValueError("pack_folds supports mlp models only")
     models, folds, splits = [], [], {"train": [], "val": [], "test": []}
@@ -157,7 +160,10 @@ def run_packed_folds(x: np.ndarray, y: np.ndarray, info: DataInfo, plans: list[F
     results = fit_packed(model, optimizer, folds, train=Stack.of(splits["train"]),
                          val=Stack.of(splits["val"]), test=Stack.of(splits["test"]),
                          batch_size=batch_size_of(job), max_epochs=job["max_epochs"],
-                         batch_norm=job["model"].get("batch_norm", False), on_epoch_end=report)
+                         batch_norm=job["model"].get("batch_norm", False), on_epoch_end=report,
+                         after_epoch=Checkpointer(checkpoint, job.get("checkpoint_interval_s", 10.0),
+                                                  take=snapshot_pack),
+                         resume_from=resume_from)
     return [result if isinstance(result, str) else
             FoldOutcome(plan.index, result.best_epoch, result.epochs_run, result.test_metrics,
                         serialize(result.best_state))

@@ -18,6 +18,14 @@ class PackedOptimizer:
         self.state = [{"V": torch.zeros_like(p), "S": torch.zeros_like(p)} for p in self.params]
         self.t = torch.zeros(k, device=self.params[0].device)
 
+    def state_dict(self) -> dict:
+        return {"state": self.state, "t": self.t}
+
+    def load_state_dict(self, saved: dict) -> None:
+        device = self.t.device
+        self.t = saved["t"].to(device)
+        self.state = [{k: v.to(device) for k, v in s.items()} for s in saved["state"]]
+
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None

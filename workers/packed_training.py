@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from workers.early_stopping import EarlyStopping
+from workers.packed_checkpointing import PackedProgress, restore_pack
 from workers.packed_model import PackedMLP
 from workers.packed_optimizer import PackedOptimizer
 from workers.training import (EVAL_CHUNK, EpochReport, LossAverage, Split, Task, TrainingDiverged,
@@ -49,6 +50,7 @@ class PackedFold:
     average: LossAverage
     generator: torch.Generator = field(init=False)
     active: bool = True
+    epochs_done: int = 0
     history: list[EpochReport] = field(default_factory=list)
     error: str | None = None
 
@@ -138,6 +140,7 @@ def end_epoch(model: PackedMLP, folds: list[PackedFold], epoch: int, values: lis
             fold.active, fold.error = False, str(error)  # this fold fails; the others go on
             continue
         fold.history.append(EpochReport(epoch, metrics))
+        fold.epochs_done = epoch
         on_epoch_end(fold.index, fold.history[-1])
         if fold.stopper.on_epoch_end(epoch, metrics, FoldView(model, position)):
             fold.active = False
@@ -146,26 +149,32 @@ def end_epoch(model: PackedMLP, folds: list[PackedFold], epoch: int, values: lis
 def fit_packed(model: PackedMLP, optimizer: PackedOptimizer, folds: list[PackedFold], *,
                train: Stack, val: Stack, test: Stack, batch_size: int | None, max_epochs: int,
                batch_norm: bool, on_epoch_end: Callable[[int, EpochReport], None] = lambda i, r: None,
-               ) -> list[TrainResult | str]:
+               after_epoch: Callable[[PackedProgress], None] = lambda progress: None,
+               resume_from: bytes | None = None) -> list[TrainResult | str]:
     """Train every fold until it stops, then test each one with its best weights.
 
-    Returns, per fold, its TrainResult or the reason it failed.
+    `after_epoch` gets the pack's progress (to checkpoint it); `resume_from`, such a
+    checkpoint, continues after its epoch. Returns, per fold, its TrainResult or the
+    reason it failed.
     """
     task = folds[0].task  # loss and metric sums are the same function for every fold
-    for epoch in range(1, max_epochs + 1):
-        if not any(f.active for f in folds):
-            break
+    progress = PackedProgress(model, optimizer, folds)
+    if resume_from is not None:
+        restore_pack(progress, resume_from)
+    while progress.epoch < max_epochs and any(f.active for f in folds):
+        progress.epoch += 1
         losses = train_one_packed_epoch(model, optimizer, task, train, folds, batch_size,
                                         min_rows=2 if batch_norm else 1)
         # One host synchronisation per epoch, for all folds together.
         values = torch.cat([losses, packed_evaluation_sums(model, task, val).flatten()]).tolist()
-        end_epoch(model, folds, epoch, values, val.sizes, on_epoch_end)
+        end_epoch(model, folds, progress.epoch, values, val.sizes, on_epoch_end)
+        after_epoch(progress)
     for k, fold in enumerate(folds):
         if fold.error is None:
             model.load_fold_state_dict(k, fold.stopper.best_state)
     test_sums = packed_evaluation_sums(model, task, test).tolist()
     return [fold.error if fold.error else
-            TrainResult(fold.stopper.best_epoch, len(fold.history),
+            TrainResult(fold.stopper.best_epoch, fold.epochs_done,
                         fold.task.metrics(test_sums[k], test.sizes[k]), fold.stopper.best_state,
                         fold.history)
             for k, fold in enumerate(folds)]

@@ -155,3 +155,24 @@ def test_packed_evaluation_is_the_same_in_small_chunks(monkeypatch):
     monkeypatch.setattr(packed, "EVAL_CHUNK", 4)  # chunks that end inside each fold's rows
     chunked = packed_evaluation_sums(model, Classification(3), Stack.of(splits))
     assert torch.allclose(whole, chunked, atol=1e-5)
+
+
+def test_a_packed_task_resumed_from_a_checkpoint_continues_exactly():
+    x, y = blobs()
+    job = {**job_for(OPTIMIZERS[3]), "checkpoint_interval_s": 0, "max_epochs": 10}
+    job["model"]["dropout"] = 0.2  # the restored random state must give the same masks
+    job["early_stopping"]["patience"] = 3  # some folds stop before others
+    snapshots, whole = [], {}
+    full = run_packed_folds(x, y, INFO, plans(len(y)), job, device=CPU,
+                            report=lambda i, r: whole.setdefault(i, []).append(r),
+                            checkpoint=snapshots.append)
+    resumed_reports = {}
+    torch.manual_seed(999)
+    resumed = run_packed_folds(x, y, INFO, plans(len(y)), job, device=CPU,
+                               report=lambda i, r: resumed_reports.setdefault(i, []).append(r),
+                               resume_from=snapshots[3])
+    for fold, (alone, again) in enumerate(zip(full, resumed)):
+        assert again.epochs_run == alone.epochs_run and again.best_epoch == alone.best_epoch
+        assert again.test_metrics == pytest.approx(alone.test_metrics, rel=1e-6)
+        after = [r for r in whole[fold] if r.epoch > 4]
+        assert [r.epoch for r in resumed_reports.get(fold, [])] == [r.epoch for r in after]
