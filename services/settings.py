@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     api_workers: int = Field(1, ge=1, le=64, description="API processes (`crossfold api` only)")
+    api_threads: int = Field(4, ge=1, le=256, description="worker threads per API process")
     # Authentication: None (default) means on whenever the API binds to a non-loopback
     # address; true or false forces it.
     auth_required: bool | None = None
