@@ -16,7 +16,6 @@ import ray
 import torch
 
 from workers.checkpointing import checkpoint_epoch
-from workers.packed_checkpointing import pack_epoch
 from workers.fold import DataInfo, FoldOutcome, FoldPlan, run_fold, run_packed_folds
 from workers.training import EpochReport
 
@@ -118,7 +117,7 @@ def packed_task(data: tuple[np.ndarray, np.ndarray, DataInfo], plans: list[FoldP
     resume_from = reporter.resume_point(PACK)  # set when this is a retry
     for plan in plans:
         reporter.send(plan.index, "started", device=str(device), worker=worker_name(),
-                      resumed_after_epoch=pack_epoch(resume_from) if resume_from else 0)
+                      resumed_after_epoch=checkpoint_epoch(resume_from) if resume_from else 0)
     x, y, info = data
     outcomes = run_packed_folds(x, y, info, plans, job, device=device, report=reporter.epoch,
                                 checkpoint=lambda snapshot: reporter.checkpoint(PACK, snapshot),

@@ -26,40 +26,63 @@ class Progress:
     epoch: int = 0
 
 
-def snapshot(progress: Progress) -> bytes:
-    state = {
-        "epoch": progress.epoch,
-        "model": progress.model.state_dict(),
-        "optimizer": progress.optimizer.state_dict(),
-        "stopper": {k: getattr(progress.stopper, k) for k in
-                    ("best_value", "best_epoch", "best_state", "epochs_without_improvement")},
-        "average": {"value": progress.average.value, "count": progress.average.count},
-        "generator": progress.generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
+STOPPER_FIELDS = ("best_value", "best_epoch", "best_state", "epochs_without_improvement")
+
+
+def training_memory(stopper: EarlyStopping, average, generator: torch.Generator) -> dict:
+    """A fold's early-stopping memory, loss average and shuffling generator."""
+    return {"stopper": {k: getattr(stopper, k) for k in STOPPER_FIELDS},
+            "average": (average.value, average.count), "generator": generator.get_state()}
+
+
+def restore_training_memory(saved: dict, stopper: EarlyStopping, average, generator: torch.Generator) -> None:
+    for key, value in saved["stopper"].items():
+        setattr(stopper, key, value)
+    average.value, average.count = saved["average"]
+    generator.set_state(saved["generator"])
+
+
+def random_state() -> dict:
+    """torch's global random state (dropout masks), on the CPU and on CUDA."""
+    return {"torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def restore_random_state(saved: dict) -> None:
+    torch.set_rng_state(saved["torch_rng"])
+    if saved["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+
+
+def to_bytes(state: dict) -> bytes:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue()
 
 
-def restore(progress: Progress, data: bytes) -> None:
-    """Put a fold back as it was at the end of the checkpointed epoch."""
+def from_bytes(data: bytes) -> dict:
     # On the CPU: random generator states must stay CPU tensors; load_state_dict moves
     # weights and optimizer state to the model's device itself.
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+
+def snapshot(progress: Progress) -> bytes:
+    return to_bytes({"epoch": progress.epoch, "model": progress.model.state_dict(),
+                     "optimizer": progress.optimizer.state_dict(),
+                     **training_memory(progress.stopper, progress.average, progress.generator),
+                     **random_state()})
+
+
+def restore(progress: Progress, data: bytes) -> None:
+    """Put a fold back as it was at the end of the checkpointed epoch."""
+    state = from_bytes(data)
     progress.model.load_state_dict(state["model"])
     progress.optimizer.load_state_dict(state["optimizer"])
-    for key, value in state["stopper"].items():
-        setattr(progress.stopper, key, value)
-    progress.average.value, progress.average.count = state["average"]["value"], state["average"]["count"]
-    progress.generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    restore_training_memory(state, progress.stopper, progress.average, progress.generator)
+    restore_random_state(state)
     progress.epoch = state["epoch"]
 
 
 def checkpoint_epoch(data: bytes) -> int:
-    """The epoch a checkpoint was taken after."""
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)["epoch"]
+    """The epoch a checkpoint (of one fold or of a pack) was taken after."""
+    return from_bytes(data)["epoch"]

@@ -113,29 +113,22 @@ class Row:
         self.started_at = self.finished_at = None
 
 
-@pytest.mark.parametrize("current", list(JobStatus))
-@pytest.mark.parametrize("target", list(JobStatus))
-def test_job_transitions_follow_the_table(current, target):
-    job = Row(current)
-    if target in JOB_TRANSITIONS[current]:
-        move_job(job, target)
-        assert job.status is target
-    else:
-        with pytest.raises(IllegalTransition):
-            move_job(job, target)
-        assert job.status is current
+def every_pair(states, table, move):
+    return [(table, move, current, target) for current in states for target in states]
 
 
-@pytest.mark.parametrize("current", list(FoldStatus))
-@pytest.mark.parametrize("target", list(FoldStatus))
-def test_fold_transitions_follow_the_table(current, target):
-    fold = Row(current)
-    if target in FOLD_TRANSITIONS[current]:
-        move_fold(fold, target)
-        assert fold.status is target
+@pytest.mark.parametrize("table, move, current, target",
+                         every_pair(list(JobStatus), JOB_TRANSITIONS, move_job)
+                         + every_pair(list(FoldStatus), FOLD_TRANSITIONS, move_fold))
+def test_transitions_follow_their_table(table, move, current, target):
+    row = Row(current)
+    if target in table[current]:
+        move(row, target)
+        assert row.status is target
     else:
         with pytest.raises(IllegalTransition):
-            move_fold(fold, target)
+            move(row, target)
+        assert row.status is current
 
 
 def test_a_retried_fold_counts_its_attempts(sessions):
