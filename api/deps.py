@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, AsyncIterator
 
+import anyio
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
@@ -27,29 +28,36 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
         session.close()
 
 
-def get_app_settings(request: Request) -> Settings:
+# The dependencies below are async: a plain `def` one would cost every request a hop to
+# a worker thread and back, even where it only reads app state.
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
 bearer = HTTPBearer(auto_error=False, description="an API key from `crossfold keys create`")
 
 
-def get_owner(request: Request,
-              credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+async def get_owner(request: Request,
+                    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
     """Who is calling: the owner of the presented API key, or the local owner when
     authentication is off. Every job route is scoped to this owner."""
     if not request.app.state.settings.requires_auth():
         return LOCAL_OWNER
     owner = None
     if credentials:
-        # A session of its own, closed at once: holding a connection from here until
-        # the handler runs in another thread could deadlock the pool (see get_session).
-        with request.app.state.sessions() as session:
-            owner = owner_of(session=session, key=credentials.credentials)
+        owner = await anyio.to_thread.run_sync(look_up_owner, request.app.state.sessions,
+                                               credentials.credentials)
     if owner is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "a valid API key is required "
                             "(Authorization: Bearer KEY)", headers={"WWW-Authenticate": "Bearer"})
     return owner
+
+
+def look_up_owner(sessions, key: str) -> str | None:
+    # A session of its own, closed at once: holding a connection from here until the
+    # handler runs in another thread could deadlock the pool (see get_session).
+    with sessions() as session:
+        return owner_of(session=session, key=key)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, status
+from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -17,6 +17,7 @@ from api.deps import OwnerDep, SessionDep, SettingsDep
 from api.schemas import JobOut, JobPage, job_out
 from services import jobs
 from services.spec import JobSpec
+from services.submissions import prepare
 from services.states import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -27,10 +28,11 @@ IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, desc
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut,
              responses={200: {"model": JobOut, "description": "replayed: the job this key created"},
                         409: {"description": "the Idempotency-Key was used with another body"}})
-def submit_job(spec: JobSpec, session: SessionDep, settings: SettingsDep, owner: OwnerDep,
-               idempotency_key: IdempotencyKey = None) -> JSONResponse:
-    job, created = jobs.create_job(session=session, spec=spec, owner=owner,
-                                   idempotency_key=idempotency_key)
+async def submit_job(spec: JobSpec, request: Request, settings: SettingsDep, owner: OwnerDep,
+                     idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    # Stored together with whatever else is being submitted (api/batching.py).
+    submission = prepare(spec, owner, idempotency_key)
+    job, created = await request.app.state.batcher.submit(submission)
     return as_json(job_out(job, settings.mlflow_ui_url), status.HTTP_201_CREATED if created else 200,
                    headers={"Location": f"/jobs/{job.id}"})
 

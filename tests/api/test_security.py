@@ -108,14 +108,19 @@ def served(app):
 
 
 def post_at_once(base: str, count: int, headers: dict | None = None) -> list[httpx.Response]:
-    barrier, answers = threading.Barrier(count), []
+    return at_once(base, [lambda http: http.post("/jobs", json=small_job(), headers=headers or {})] * count)
 
-    def submit():
+
+def at_once(base: str, calls: list) -> list[httpx.Response]:
+    """Each call(http) from a thread of its own, all released together."""
+    barrier, answers = threading.Barrier(len(calls)), []
+
+    def run(call):
         with httpx.Client(base_url=base, timeout=60) as http:
             barrier.wait()
-            answers.append(http.post("/jobs", json=small_job(), headers=headers or {}))
+            answers.append(call(http))
 
-    threads = [threading.Thread(target=submit) for _ in range(count)]
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -144,7 +149,12 @@ def test_more_requests_than_database_connections_all_succeed(settings):
     upgrade_schema(engine)
     with served(create_app(settings, session_factory(engine))) as base:
         answers = post_at_once(base, 60)
-    assert [a.status_code for a in answers] == [201] * 60
+        assert [a.status_code for a in answers] == [201] * 60
+        # Reads take a connection each in a worker thread: with one connection for
+        # sixty of them, they must queue for it, not deadlock.
+        reads = at_once(base, [lambda http, job=a.json()["id"]: http.get(f"/jobs/{job}") for a in answers]
+                        + [lambda http: http.get("/jobs")] * 20)
+    assert [r.status_code for r in reads] == [200] * 80
     engine.dispose()
 
 

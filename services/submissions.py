@@ -1,0 +1,134 @@
+"""Storing submitted jobs, many in one transaction.
+
+A submission is checked and turned into its rows before it is queued (`prepare`), so a
+bad one is refused on its own. `store` then writes any number of them with one INSERT
+of jobs, one of folds and one commit: the API coalesces the submissions that arrive
+together (api/batching.py), and under load a job costs a row, not a transaction.
+
+An Idempotency-Key is unique per owner in the database itself (ON CONFLICT DO NOTHING):
+a submission whose key is taken, by an earlier request or by another in the same batch,
+stores nothing and answers with the job that holds the key.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, selectinload
+
+from services.datasets import describe
+from services.errors import IdempotencyConflict, InvalidJob
+from services.models import LOCAL_OWNER, Fold, Job
+from services.spec import JobSpec
+from services.states import FoldStatus, JobStatus
+
+JOB_COLUMNS = ("id", "name", "owner", "spec", "status", "cancel_requested", "idempotency_key",
+               "request_hash", "created_at")
+
+
+@dataclass
+class Submission:
+    job: Job  # queued, with its pending folds; every column set here, none by the database
+
+    @property
+    def owner(self) -> str:
+        return self.job.owner
+
+    @property
+    def key(self) -> str | None:
+        return self.job.idempotency_key
+
+
+Outcome = tuple[Job, bool] | Exception  # (job, created) or why this one failed
+
+
+def prepare(spec: JobSpec, owner: str = LOCAL_OWNER, idempotency_key: str | None = None) -> Submission:
+    """Check a spec against its data (InvalidJob) and build its job; nothing stored yet."""
+    check_against_data(spec)
+    job = Job(id=str(uuid.uuid4()), name=spec.name, owner=owner, spec=spec.model_dump(mode="json"),
+              status=JobStatus.QUEUED, cancel_requested=False, idempotency_key=idempotency_key,
+              request_hash=request_hash(spec), created_at=datetime.now(timezone.utc))
+    job.folds = [Fold(index=i, status=FoldStatus.PENDING, attempts=0, epoch=0)
+                 for i in range(spec.cv.folds)]
+    return Submission(job)
+
+
+def store(session: Session, submissions: list[Submission]) -> list[Outcome]:
+    """Store the submissions in one transaction; their outcomes, in order.
+
+    When the database refuses the batch, each submission is tried on its own, so one bad
+    row fails only its own request. A lone submission's database error is raised.
+    """
+    try:
+        stored = insert_jobs(session, [s.job for s in submissions])
+        session.commit()
+    except DBAPIError:
+        session.rollback()
+        if len(submissions) == 1:
+            raise
+        return [store_alone(session, s) for s in submissions]
+    return [(s.job, True) if s.job.id in stored else replayed(session, s) for s in submissions]
+
+
+def store_alone(session: Session, submission: Submission) -> Outcome:
+    try:
+        return store(session, [submission])[0]
+    except DBAPIError as error:
+        return error
+
+
+def insert_jobs(session: Session, jobs: list[Job]) -> set[str]:
+    """INSERT the jobs whose idempotency keys are free, and their folds; their ids."""
+    connection = session.connection()
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    new_jobs = dialect.insert(Job.__table__).on_conflict_do_nothing(
+        index_elements=["owner", "idempotency_key"]).returning(Job.__table__.c.id)
+    stored = set(connection.execute(new_jobs, [{name: getattr(job, name) for name in JOB_COLUMNS}
+                                               for job in jobs]).scalars())
+    fold_rows = [{"job_id": job.id, "fold_index": fold.index, "status": fold.status,
+                  "attempts": fold.attempts, "epoch": fold.epoch}
+                 for job in jobs if job.id in stored for fold in job.folds]
+    if fold_rows:
+        connection.execute(insert(Fold.__table__), fold_rows)
+    return stored
+
+
+def replayed(session: Session, submission: Submission) -> Outcome:
+    """The answer for a submission whose idempotency key was taken: the job holding it,
+    when it came from the same spec."""
+    earlier = find_by_key(session, submission.owner, submission.key)
+    if earlier.request_hash != submission.job.request_hash:
+        return IdempotencyConflict("this Idempotency-Key was used with a different job spec")
+    return earlier, False
+
+
+def find_by_key(session: Session, owner: str, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key)
+                          .options(selectinload(Job.folds)))
+
+
+def check_against_data(spec: JobSpec) -> None:
+    """Rules that depend on the dataset itself, checked before anything is stored."""
+    info, smallest = describe(spec.dataset)
+    if spec.cv.stratify and spec.cv.folds > smallest:
+        raise InvalidJob("cv.folds", f"{spec.cv.folds} stratified folds need at least "
+                         f"{spec.cv.folds} samples per class; the smallest class has {smallest}")
+    if spec.model.type == "cnn" and len(info.input_shape) != 3:
+        raise InvalidJob("model.type", f"a cnn needs an image dataset (digits); "
+                         f"{spec.dataset.name} is tabular")
+    if spec.pack_folds and spec.model.type != "mlp":
+        raise InvalidJob("pack_folds", "packing stacks MLPs only; use model.type mlp or unpacked folds")
+    if info.task == "regression" and spec.early_stopping.monitor == "val_accuracy":
+        raise InvalidJob("early_stopping.monitor", f"{spec.dataset.name} is a regression "
+                         "dataset: it has no accuracy; monitor val_loss")
+
+
+def request_hash(spec: JobSpec) -> str:
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,81 @@
+"""The API's submission batcher, on a real database: coalescing, limits and failures."""
+import asyncio
+
+import pytest
+from sqlalchemy import func, select
+
+from api.batching import SubmissionBatcher
+from services.database import make_engine, session_factory, upgrade_schema
+from services.models import Job
+from services.spec import JobSpec
+from services.submissions import prepare
+from tests.conftest import small_job
+
+
+class CountingBatcher(SubmissionBatcher):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches: list[int] = []
+
+    def store(self, submissions):
+        self.batches.append(len(submissions))
+        return super().store(submissions)
+
+
+def submission(name="job"):
+    return prepare(JobSpec.model_validate(small_job(name=name)))
+
+
+def stored_jobs(sessions) -> int:
+    with sessions() as session:
+        return session.scalar(select(func.count()).select_from(Job))
+
+
+async def submit_all(batcher, count):
+    return await asyncio.gather(*(batcher.submit(submission(f"job-{i}")) for i in range(count)),
+                                return_exceptions=True)
+
+
+def test_submissions_that_arrive_together_are_stored_in_one_transaction(sessions):
+    batcher = CountingBatcher(sessions)
+    outcomes = asyncio.run(submit_all(batcher, 30))
+    assert [(job.name, created) for job, created in outcomes] == [(f"job-{i}", True) for i in range(30)]
+    assert batcher.batches == [30]
+    assert stored_jobs(sessions) == 30
+
+
+def test_a_backlog_is_stored_in_batches_of_at_most_max_batch(sessions):
+    batcher = CountingBatcher(sessions, max_batch=8)
+    asyncio.run(submit_all(batcher, 20))
+    assert batcher.batches == [8, 8, 4]
+    assert stored_jobs(sessions) == 20
+
+
+def test_a_failed_batch_fails_its_requests_and_the_next_batch_proceeds(database_url):
+    engine = make_engine(database_url)  # no schema yet: every INSERT fails
+    sessions = session_factory(engine)
+    batcher = SubmissionBatcher(sessions)
+
+    async def scenario():
+        failed = await submit_all(batcher, 3)
+        upgrade_schema(engine)
+        return failed, await submit_all(batcher, 2)
+    failed, succeeded = asyncio.run(scenario())
+    assert all(isinstance(outcome, Exception) for outcome in failed)
+    assert [created for _, created in succeeded] == [True, True]
+    assert stored_jobs(sessions) == 2
+    engine.dispose()
+
+
+def test_a_request_that_goes_away_still_gets_its_job_stored(sessions):
+    batcher = SubmissionBatcher(sessions)
+
+    async def scenario():
+        waiting = asyncio.create_task(batcher.submit(submission("abandoned")))
+        await asyncio.sleep(0)  # queued; the writer has not stored it yet
+        waiting.cancel()
+        await batcher.writer
+        return waiting
+    waiting = asyncio.run(scenario())
+    assert waiting.cancelled()
+    assert stored_jobs(sessions) == 1
