@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from workers.early_stopping import EarlyStopping  # noqa: E402
+from workers.graphed import step_graph  # noqa: E402
 from workers.models import build_model  # noqa: E402
 from workers.optimizers import build_optimizer  # noqa: E402
 from workers.packed_model import PackedMLP  # noqa: E402
@@ -131,14 +132,15 @@ def tight_loop(x, y, batch, device, seconds):
 
 
 def core_loop(x, y, batch, device, seconds):
-    """crossfold's own epoch function, as a fold task runs it."""
+    """crossfold's own epoch function, as a fold task runs it (on CUDA: its captured step)."""
     model, optimizer = new_model(device)
     rows = min(len(y), batch * STEPS_PER_CORE_EPOCH)
     data = Split(x[:rows].to(device), y[:rows].to(device))
     task, generator = Classification(CLASSES), torch.Generator().manual_seed(0)
+    graph = step_graph(model, optimizer, task.loss, data.x, data.y, batch)  # as fit() does; CUDA only
 
     def chunk():
-        train_one_epoch(model, optimizer, task, data, batch, generator).item()
+        train_one_epoch(model, optimizer, task, data, batch, generator, graph).item()
         return rows
     return timed(chunk, device, seconds)
 

@@ -73,16 +73,20 @@ class LectureAdam(torch.optim.Optimizer):
 def build_optimizer(params, config: dict) -> torch.optim.Optimizer:
     params = list(params)
     name, lr = config["name"], config["lr"]
+    # On CUDA the training step may be captured in a graph (workers.graphed): Adam and
+    # RMSprop then keep their step counts on the device.
+    capturable = bool(params) and params[0].is_cuda
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, fused=True)
     if name == "momentum":
         return LectureMomentum(params, lr=lr, beta=config.get("beta", 0.9))
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, alpha=config.get("beta", 0.9),
-                                   eps=config.get("eps", 1e-8))
+                                   eps=config.get("eps", 1e-8), capturable=capturable)
     if name == "adam":
         beta1, beta2, eps = config.get("beta1", 0.9), config.get("beta2", 0.98), config.get("eps", 1e-8)
         if not config.get("bias_correction", True):
             return LectureAdam(params, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
-        return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=eps, fused=True)
+        return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=eps, fused=True,
+                                capturable=capturable)
     raise ValueError(f"unknown optimizer {name!r}")

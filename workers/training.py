@@ -15,6 +15,7 @@ from torch import nn
 
 from workers.checkpointing import Progress, restore
 from workers.early_stopping import EarlyStopping
+from workers.graphed import StepGraph, step_graph
 from workers.tasks import Classification, Regression
 
 EVAL_CHUNK = 8192  # rows per forward pass when evaluating; bounds the memory used
@@ -73,8 +74,10 @@ def batch_starts(n_rows: int, batch_size: int | None) -> range:
 
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, data: Split,
-                    batch_size: int | None, generator: torch.Generator) -> torch.Tensor:
-    """One pass in a fresh random order; the mean loss, still on the device."""
+                    batch_size: int | None, generator: torch.Generator,
+                    graph: StepGraph | None = None) -> torch.Tensor:
+    """One pass in a fresh random order; the mean loss, still on the device. With a
+    `graph` (workers.graphed), full-size batches replay its captured step."""
     model.train()
     n = len(data)
     size = n if batch_size is None else batch_size
@@ -86,12 +89,17 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Ta
         idx = order[start:start + size]
         if len(idx) == 1 and skip_single:
             continue
+        seen += len(idx)
+        if graph is not None and len(idx) == graph.batch_size:
+            graph.run(idx)
+            continue
         loss = task.loss(model(data.x[idx]), data.y[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total.add_(loss.detach(), alpha=len(idx))
-        seen += len(idx)
+    if graph is not None:
+        total += graph.take_total()
     return total / max(seen, 1)
 
 
@@ -143,11 +151,12 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, *, train
                         torch.Generator().manual_seed(seed))
     if resume_from is not None:
         restore(progress, resume_from)
+    graph = step_graph(model, optimizer, task.loss, train.x, train.y, batch_size)
     history: list[EpochReport] = []
     stopped = progress.epoch > 0 and stopper.epochs_without_improvement >= stopper.patience
     while not stopped and progress.epoch < max_epochs:
         progress.epoch += 1
-        train_loss = train_one_epoch(model, optimizer, task, train, batch_size, progress.generator)
+        train_loss = train_one_epoch(model, optimizer, task, train, batch_size, progress.generator, graph)
         # The epoch's single host synchronisation: training loss and validation sums together.
         values = torch.cat([train_loss.reshape(1), evaluation_sums(model, task, val)]).tolist()
         metrics = epoch_metrics(task, values[0], values[1:], len(val), progress.average)
