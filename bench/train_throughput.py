@@ -37,7 +37,8 @@ from workers.models import build_model  # noqa: E402
 from workers.optimizers import build_optimizer  # noqa: E402
 from workers.packed_model import PackedMLP  # noqa: E402
 from workers.packed_optimizer import PackedOptimizer  # noqa: E402
-from workers.packed_training import PackedFold, Stack, train_one_packed_epoch  # noqa: E402
+from workers.packed_training import (PackedFold, Stack, packed_step,  # noqa: E402
+                                     train_one_packed_epoch)
 from workers.tasks import Classification  # noqa: E402
 from workers.training import LossAverage, Split, train_one_epoch  # noqa: E402
 
@@ -117,17 +118,18 @@ def tight_loop(x, y, batch, device, seconds):
     """The fastest plain loop: data on the device, index slices of a permutation."""
     model, optimizer = plain_model(device)
     xd, yd = x.to(device), y.to(device)
+    steps = min(STEPS_PER_CORE_EPOCH, len(yd) // batch)  # full batches only
     model.train()
 
     def chunk():
         order = torch.randperm(len(yd), device=device)
-        for step in range(STEPS_PER_CORE_EPOCH):
+        for step in range(steps):
             idx = order[step * batch:(step + 1) * batch]
             loss = F.cross_entropy(model(xd[idx]), yd[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        return STEPS_PER_CORE_EPOCH * batch
+        return steps * batch
     return timed(chunk, device, seconds)
 
 
@@ -151,6 +153,7 @@ def graphed_loop(x, y, batch, device, seconds):
     optimizer = torch.optim.Adam(model.parameters(), ADAM["lr"], betas=(ADAM["beta1"], ADAM["beta2"]),
                                  capturable=True)
     xd, yd = x.to(device), y.to(device)
+    steps = min(STEPS_PER_CORE_EPOCH, len(yd) // batch)
     idx = torch.randint(0, len(yd), (batch,), device=device)
 
     def step():
@@ -171,15 +174,16 @@ def graphed_loop(x, y, batch, device, seconds):
 
     def chunk():
         order = torch.randperm(len(yd), device=device)
-        for s in range(STEPS_PER_CORE_EPOCH):
+        for s in range(steps):
             idx.copy_(order[s * batch:(s + 1) * batch])
             graph.replay()
-        return STEPS_PER_CORE_EPOCH * batch
+        return steps * batch
     return timed(chunk, device, seconds)
 
 
 def packed_loop(x, y, batch, device, seconds, k=5):
-    """crossfold's packed epoch: k folds (each its own rows) as one stacked model."""
+    """crossfold's packed epoch: k folds (each its own rows) as one stacked model (on
+    CUDA: its captured step)."""
     rows = min(len(y) // k, batch * STEPS_PER_CORE_EPOCH)
     models = []
     for fold in range(k):
@@ -192,8 +196,10 @@ def packed_loop(x, y, batch, device, seconds, k=5):
     data = Stack.of([Split(x[i * rows:(i + 1) * rows].to(device), y[i * rows:(i + 1) * rows].to(device))
                      for i in range(k)])
 
+    step = packed_step(model, optimizer, task, data, batch, min_rows=2)  # as fit_packed does
+
     def chunk():
-        train_one_packed_epoch(model, optimizer, task, data, folds, batch, min_rows=2).tolist()
+        train_one_packed_epoch(model, optimizer, task, data, folds, batch, 2, step).tolist()
         return k * rows
     return timed(chunk, device, seconds)
 

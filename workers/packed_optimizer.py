@@ -26,6 +26,13 @@ class PackedOptimizer:
         self.t = saved["t"].to(device)
         self.state = [{k: v.to(device) for k, v in s.items()} for s in saved["state"]]
 
+    def copy_state_from(self, saved: dict) -> None:
+        """load_state_dict into the tensors already here (a captured CUDA graph holds them)."""
+        self.t.copy_(saved["t"])
+        for state, before in zip(self.state, saved["state"]):
+            for name, value in state.items():
+                value.copy_(before[name])
+
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None

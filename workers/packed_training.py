@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from workers.early_stopping import EarlyStopping
+from workers.graphed import CapturedStep, fallible_capture
 from workers.packed_checkpointing import PackedProgress, restore_pack
 from workers.packed_model import PackedMLP
 from workers.packed_optimizer import PackedOptimizer
@@ -68,10 +69,16 @@ class FoldView:
         return self.model.fold_state_dict(self.k)
 
 
+def step_rows(sizes: list[int], batch_size: int | None) -> int:
+    """Rows per fold in each packed step: the batch size, or the largest training set."""
+    return max(sizes) if batch_size is None else batch_size
+
+
 def epoch_plan(folds: list[PackedFold], sizes: list[int], batch_size: int | None, device):
-    """Row order for one epoch, padded: (index [k, steps·B], valid [k, steps·B], B, steps)."""
-    size = max(sizes) if batch_size is None else batch_size
-    steps = max(-(-n // (n if batch_size is None else size)) for n in sizes)
+    """Row order for one epoch, padded: (index [k, steps·B], valid [k, steps·B], B, steps).
+    Every step has the same shape, so one captured step serves the whole epoch."""
+    size = step_rows(sizes, batch_size)
+    steps = max(-(-n // size) for n in sizes)
     width = steps * size
     index = torch.zeros(len(folds), width, dtype=torch.long)
     valid = torch.zeros(len(folds), width, dtype=torch.bool)
@@ -82,31 +89,70 @@ def epoch_plan(folds: list[PackedFold], sizes: list[int], batch_size: int | None
     return index.to(device), valid.to(device), size, steps
 
 
+class PackedStep:
+    """One step of every fold on fixed buffers (rows and mask [k, B]), eager or replayed
+    from a CUDA graph (workers.graphed); losses and row counts add up on the device."""
+
+    def __init__(self, model: PackedMLP, optimizer: PackedOptimizer, task: Task, data: Stack,
+                 size: int, min_rows: int, capture: bool = False):
+        self.model, self.optimizer, self.task, self.data = model, optimizer, task, data
+        k, device = len(data.sizes), data.x.device
+        self.min_rows, self.folds_axis = min_rows, torch.arange(k, device=device)[:, None]
+        self.rows = (torch.arange(size, device=device) % data.x.shape[1]).repeat(k, 1)
+        self.mask = torch.ones(k, size, dtype=torch.bool, device=device)
+        self.totals, self.seen = torch.zeros(k, device=device), torch.zeros(k, device=device)
+        self.replay = CapturedStep(self.step, model, optimizer, capture)
+        self.take_totals()  # drop the warm-up's
+
+    def step(self) -> None:
+        count = self.mask.sum(1)
+        # Like the unpacked loop: no step on an empty batch, nor on a single row with batch norm.
+        stepping = count >= self.min_rows
+        mask = self.mask & stepping[:, None]
+        output = self.model(self.data.x[self.folds_axis, self.rows], mask)
+        per_row = self.task.loss(output.flatten(0, 1), self.data.y[self.folds_axis, self.rows].flatten(),
+                                 "none")
+        per_row = per_row.view(len(self.data.sizes), -1) * mask
+        # The sum: each fold's gradient is that of its own mean loss.
+        (per_row.sum(1) / count.clamp(min=1)).sum().backward()
+        self.optimizer.step(stepping)
+        self.totals += per_row.detach().sum(1)
+        self.seen += mask.sum(1)
+
+    def run(self, rows: torch.Tensor, mask: torch.Tensor) -> None:
+        self.rows.copy_(rows)
+        self.mask.copy_(mask)
+        self.replay()
+
+    def take_totals(self) -> torch.Tensor:
+        """Each fold's mean loss since the last call."""
+        mean = self.totals / self.seen.clamp(min=1)
+        self.totals.zero_()
+        self.seen.zero_()
+        return mean
+
+
+def packed_step(model: PackedMLP, optimizer: PackedOptimizer, task: Task, data: Stack,
+                batch_size: int | None, min_rows: int) -> PackedStep:
+    """The pack's step: captured in a CUDA graph on CUDA (eager if capture fails)."""
+    size = step_rows(data.sizes, batch_size)
+    if data.x.device.type == "cuda":
+        captured = fallible_capture(lambda: PackedStep(model, optimizer, task, data, size, min_rows, True))
+        if captured is not None:
+            return captured
+    return PackedStep(model, optimizer, task, data, size, min_rows)
+
+
 def train_one_packed_epoch(model: PackedMLP, optimizer: PackedOptimizer, task: Task, data: Stack,
-                           folds: list[PackedFold], batch_size: int | None, min_rows: int
-                           ) -> torch.Tensor:
+                           folds: list[PackedFold], batch_size: int | None, min_rows: int,
+                           step: PackedStep | None = None) -> torch.Tensor:
     """One epoch for every active fold; each fold's mean training loss, on the device."""
     model.train()
+    step = step or PackedStep(model, optimizer, task, data, step_rows(data.sizes, batch_size), min_rows)
     index, valid, size, steps = epoch_plan(folds, data.sizes, batch_size, data.x.device)
-    folds_axis = torch.arange(len(folds), device=data.x.device)[:, None]
-    totals = torch.zeros(len(folds), device=data.x.device)
-    seen = torch.zeros(len(folds), device=data.x.device)
-    for step in range(steps):
-        rows, mask = index[:, step * size:(step + 1) * size], valid[:, step * size:(step + 1) * size]
-        count = mask.sum(1)
-        # Like the unpacked loop: no step on an empty batch, nor on a single row with batch norm.
-        stepping = count >= min_rows
-        mask = mask & stepping[:, None]
-        output = model(data.x[folds_axis, rows], mask)
-        per_row = task.loss(output.flatten(0, 1), data.y[folds_axis, rows].flatten(), "none")
-        per_row = per_row.view(len(folds), -1) * mask
-        fold_loss = per_row.sum(1) / count.clamp(min=1)
-        optimizer.zero_grad()
-        fold_loss.sum().backward()  # the sum: each fold's gradient is that of its own mean loss
-        optimizer.step(stepping)
-        totals += per_row.detach().sum(1)
-        seen += mask.sum(1)
-    return totals / seen.clamp(min=1)
+    for s in range(steps):
+        step.run(index[:, s * size:(s + 1) * size], valid[:, s * size:(s + 1) * size])
+    return step.take_totals()
 
 
 @torch.no_grad()
@@ -161,10 +207,11 @@ def fit_packed(model: PackedMLP, optimizer: PackedOptimizer, folds: list[PackedF
     progress = PackedProgress(model, optimizer, folds)
     if resume_from is not None:
         restore_pack(progress, resume_from)
+    step = packed_step(model, optimizer, task, train, batch_size, min_rows=2 if batch_norm else 1)
     while progress.epoch < max_epochs and any(f.active for f in folds):
         progress.epoch += 1
         losses = train_one_packed_epoch(model, optimizer, task, train, folds, batch_size,
-                                        min_rows=2 if batch_norm else 1)
+                                        step.min_rows, step)
         # One host synchronisation per epoch, for all folds together.
         values = torch.cat([losses, packed_evaluation_sums(model, task, val).flatten()]).tolist()
         end_epoch(model, folds, progress.epoch, values, val.sizes, on_epoch_end)

@@ -103,3 +103,50 @@ def test_a_captured_step_trains_as_the_eager_loop_on_cuda(config):
         torch.testing.assert_close(captured[name], eager[name], rtol=1e-3, atol=1e-4)
     losses, _ = trained(config, device="cuda", use_graph="captured", epochs=10)  # with dropout
     assert np.isfinite(losses).all()
+
+
+def test_warm_up_leaves_no_trace_on_a_pack():
+    """The same for a packed step: PackedOptimizer's moments and per-fold step counts."""
+    from workers.packed_model import PackedMLP
+    from workers.packed_optimizer import PackedOptimizer
+    from workers.packed_training import PackedStep, Stack
+
+    def run(warm_up: bool):
+        torch.manual_seed(0)
+        models = [build_model(MODEL, (4,), 3).double() for _ in range(3)]
+        model = PackedMLP(models)
+        optimizer = PackedOptimizer(model.parameters(), CONFIGS[3], 3)
+        stack = Stack.of([data(40 + k) for k in range(3)])
+        step = PackedStep(model, optimizer, TASK, stack, 16, min_rows=2)
+        rows, mask = torch.arange(16).repeat(3, 1), torch.ones(3, 16, dtype=torch.bool)
+        step.run(rows, mask)  # not fresh
+        if warm_up:
+            with state_put_back(model, optimizer):
+                for _ in range(3):
+                    step.run(rows + 16, mask)
+        step.take_totals()
+        step.run(rows + 8, mask)
+        return step.take_totals(), model.state_dict(), optimizer.t.clone()
+    plain, warmed = run(False), run(True)
+    assert torch.equal(warmed[0], plain[0]) and torch.equal(warmed[2], plain[2])
+    for name in plain[1]:
+        assert torch.equal(warmed[1][name], plain[1][name]), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_captured_packed_and_unpacked_folds_match_eager_cpu_training(optimizer):
+    """Whole folds, captured on CUDA (packed and unpacked), against eager CPU training."""
+    from tests.workers.test_packing import OPTIMIZERS, blobs, job_for, plans, run_both
+    from workers.fold import run_fold, run_packed_folds
+    from tests.workers.test_packing import INFO
+    config = next(o for o in OPTIMIZERS if o["name"] == optimizer)
+    x, y = blobs()
+    job = job_for(config, batch_size=16)
+    cpu_unpacked, _, _, _ = run_both(job, x, y, plans(len(y)))
+    cuda = torch.device("cuda")
+    unpacked = [run_fold(x, y, INFO, p, job, device=cuda, report=lambda r: None) for p in plans(len(y))]
+    packed = run_packed_folds(x, y, INFO, plans(len(y)), job, device=cuda, report=lambda i, r: None)
+    for reference, alone, together in zip(cpu_unpacked, unpacked, packed):
+        assert alone.test_metrics["loss"] == pytest.approx(reference.test_metrics["loss"], rel=2e-2)
+        assert together.test_metrics["loss"] == pytest.approx(reference.test_metrics["loss"], rel=2e-2)
