@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from typing import Callable
 
 import torch
@@ -49,7 +50,9 @@ def capture_graph(step: Callable[[], None], model: nn.Module, optimizer) -> torc
     with state_put_back(model, optimizer):
         side = torch.cuda.Stream()  # warm-up off the default stream, as capture requires
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        with torch.cuda.stream(side), warnings.catch_warnings():
+            # Capturable optimizers warn when they step outside a capture, as here.
+            warnings.filterwarnings("ignore", message=".*capturable=True.*")
             for _ in range(WARM_UP_STEPS):
                 optimizer.zero_grad()
                 step()

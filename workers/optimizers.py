@@ -81,12 +81,25 @@ def build_optimizer(params, config: dict) -> torch.optim.Optimizer:
     if name == "momentum":
         return LectureMomentum(params, lr=lr, beta=config.get("beta", 0.9))
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, alpha=config.get("beta", 0.9),
-                                   eps=config.get("eps", 1e-8), capturable=capturable)
+        return keeping_capturable(torch.optim.RMSprop(
+            params, lr=lr, alpha=config.get("beta", 0.9), eps=config.get("eps", 1e-8),
+            capturable=capturable))
     if name == "adam":
         beta1, beta2, eps = config.get("beta1", 0.9), config.get("beta2", 0.98), config.get("eps", 1e-8)
         if not config.get("bias_correction", True):
             return LectureAdam(params, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
-        return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=eps, fused=True,
-                                capturable=capturable)
+        return keeping_capturable(torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=eps,
+                                                   fused=True, capturable=capturable))
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+def keeping_capturable(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """load_state_dict takes every setting from the checkpoint, `capturable` included:
+    a fold checkpointed on a GPU and resumed on a CPU (or the other way) would get the
+    wrong one, and fail (RMSprop on the CPU) or train uncaptured. Keep this device's."""
+    def keep(opt, state_dict):
+        for live, saved in zip(opt.param_groups, state_dict["param_groups"]):
+            saved["capturable"] = live["capturable"]
+        return state_dict
+    optimizer.register_load_state_dict_pre_hook(keep)
+    return optimizer

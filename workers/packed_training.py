@@ -207,6 +207,7 @@ def fit_packed(model: PackedMLP, optimizer: PackedOptimizer, folds: list[PackedF
     progress = PackedProgress(model, optimizer, folds)
     if resume_from is not None:
         restore_pack(progress, resume_from)
+    # Captured after any restore: the graph holds the tensors it saw.
     step = packed_step(model, optimizer, task, train, batch_size, min_rows=2 if batch_norm else 1)
     while progress.epoch < max_epochs and any(f.active for f in folds):
         progress.epoch += 1

@@ -151,9 +151,11 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, *, train
                         torch.Generator().manual_seed(seed))
     if resume_from is not None:
         restore(progress, resume_from)
-    graph = step_graph(model, optimizer, task.loss, train.x, train.y, batch_size)
     history: list[EpochReport] = []
     stopped = progress.epoch > 0 and stopper.epochs_without_improvement >= stopper.patience
+    # Captured after any restore: the graph holds the tensors it saw (a later
+    # load_state_dict that replaced them would go unseen by its replays).
+    graph = None if stopped else step_graph(model, optimizer, task.loss, train.x, train.y, batch_size)
     while not stopped and progress.epoch < max_epochs:
         progress.epoch += 1
         train_loss = train_one_epoch(model, optimizer, task, train, batch_size, progress.generator, graph)

@@ -78,3 +78,19 @@ def test_momentum_is_not_torchs_default():
     w.grad = torch.ones(1, dtype=torch.float64)
     optimizer.step()
     assert w.item() == pytest.approx(1 - 0.1)  # V₁ = 0.9·0 + 0.1·1
+
+
+@pytest.mark.parametrize("config", [CONFIGS[2], CONFIGS[3]], ids=["rmsprop", "adam"])
+def test_a_state_saved_on_a_gpu_resumes_on_the_cpu(config):
+    """A GPU run's optimizer is capturable (its step may be captured in a CUDA graph);
+    loading its state on the CPU keeps the CPU's setting, where capturable fails."""
+    w = torch.nn.Parameter(torch.randn(3, dtype=torch.float64))
+    w.grad = torch.ones(3, dtype=torch.float64)
+    before = build_optimizer([w], config)
+    before.step()
+    saved = before.state_dict()
+    saved["param_groups"][0]["capturable"] = True  # as a CUDA run saves it
+    after = build_optimizer([w], config)
+    after.load_state_dict(saved)
+    after.step()
+    assert after.param_groups[0]["capturable"] is False
