@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import weakref
 from contextlib import asynccontextmanager
 
 import anyio
@@ -13,15 +14,17 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.batching import SubmissionBatcher
+from api.batching import StoreFailed, batcher_for
 from api.limits import BodyLimit
 from api.routes import jobs
 from services.database import make_engine, session_factory, upgrade_schema
+from services.datasets import describe_every_bundled_dataset
 from services.errors import IdempotencyConflict, InvalidJob, JobAlreadyFinished, JobNotFound
 from services.models import LOCAL_OWNER
 from services.settings import Settings, get_settings
 
 log = logging.getLogger("crossfold.api")
+FROZEN = False  # gc.freeze() done in this process
 
 
 def create_app(settings: Settings | None = None,
@@ -34,7 +37,7 @@ def create_app(settings: Settings | None = None,
     app = FastAPI(title="crossfold", version="0.1.0", lifespan=lifespan(settings.api_threads),
                   description="Cross-validation training jobs: one Ray task per fold, results in MLflow.")
     app.state.settings, app.state.sessions = settings, sessions
-    app.state.batcher = SubmissionBatcher(sessions)
+    app.state.batchers = weakref.WeakKeyDictionary()  # one SubmissionBatcher per event loop
     app.include_router(jobs.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     add_error_handlers(app)
@@ -56,18 +59,28 @@ def lifespan(threads: int):
     default 40: on a small machine, 40 threads fighting over the GIL and the database
     serve fewer requests, and more unevenly, than a handful taking turns.
 
-    And everything allocated so far (the app and the libraries imported for it, some
+    Then the bundled datasets are described once (submissions are checked against them
+    on the event loop, which must not wait for a first load). And everything allocated
+    so far (the app and the libraries imported for it, some
     340,000 objects) is moved out of the garbage collector's reach: a full collection
     walked them all, about 90 ms during which no request moved. Under load (50 clients,
     bench/submit_load.py) that made p99 175 ms instead of 51 ms."""
     @asynccontextmanager
     async def run(app: FastAPI):
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads
-        app.state.batcher = SubmissionBatcher(app.state.sessions)  # one per event loop
+        describe_every_bundled_dataset()
+        freeze_start_up_objects()
+        yield
+        await batcher_for(app).close()  # answer what is queued before stopping
+    return run
+
+
+def freeze_start_up_objects() -> None:
+    global FROZEN
+    if not FROZEN:  # once per process: the objects of later apps (tests) are garbage too
         gc.collect()
         gc.freeze()
-        yield
-    return run
+        FROZEN = True
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -86,6 +99,11 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(IdempotencyConflict)
     async def conflict(_: Request, error: Exception):
         return JSONResponse({"detail": str(error)}, status_code=409)
+
+    @app.exception_handler(StoreFailed)
+    async def unavailable(_: Request, error: StoreFailed):
+        return JSONResponse({"detail": f"{error}; nothing was stored, try again"}, status_code=503,
+                            headers={"Retry-After": "1"})
 
     @app.exception_handler(InvalidJob)
     async def invalid(_: Request, error: InvalidJob):

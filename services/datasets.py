@@ -53,6 +53,12 @@ def describe(spec: DatasetSpec) -> tuple[DataInfo, int]:
     return describe_bundled(spec.name)
 
 
+def describe_every_bundled_dataset() -> None:
+    """Fill describe()'s cache, so that no submission waits for a dataset's first load."""
+    for name in BUNDLED:
+        describe_bundled(name)
+
+
 @lru_cache(maxsize=None)
 def describe_bundled(name: str) -> tuple[DataInfo, int]:
     data = load_dataset(DatasetSpec(name=name))

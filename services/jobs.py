@@ -20,7 +20,8 @@ def create_job(*, session: Session, spec: JobSpec, owner: str = LOCAL_OWNER,
     outcome = store(session, [prepare(spec, owner, idempotency_key)])[0]
     if isinstance(outcome, Exception):
         raise outcome
-    return outcome
+    job, created = outcome
+    return get_job(session=session, job_id=job.id), created  # one of this session's, to change
 
 
 def get_job(*, session: Session, job_id: str, owner: str | None = None) -> Job:

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import insert, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session, selectinload
 
 from services.datasets import describe
@@ -62,35 +62,44 @@ def prepare(spec: JobSpec, owner: str = LOCAL_OWNER, idempotency_key: str | None
 def store(session: Session, submissions: list[Submission]) -> list[Outcome]:
     """Store the submissions in one transaction; their outcomes, in order.
 
-    When the database refuses the batch, each submission is tried on its own, so one bad
-    row fails only its own request. A lone submission's database error is raised.
+    Everything, replays included, is settled before the commit, so nothing can fail
+    after it. When the database refuses the batch, each submission is tried on its
+    own, and one bad row fails only its own request. A lone submission's error is raised.
     """
     try:
         stored = insert_jobs(session, [s.job for s in submissions])
+        # In the same transaction: it sees its own rows and, once ON CONFLICT has waited
+        # for another transaction's, those too.
+        outcomes = [(s.job, True) if s.job.id in stored else replayed(session, s) for s in submissions]
         session.commit()
-    except DBAPIError:
+    except StatementError:  # the database's refusals (DBAPIError) and bind errors alike
         session.rollback()
         if len(submissions) == 1:
             raise
         return [store_alone(session, s) for s in submissions]
-    return [(s.job, True) if s.job.id in stored else replayed(session, s) for s in submissions]
+    return outcomes
 
 
 def store_alone(session: Session, submission: Submission) -> Outcome:
     try:
         return store(session, [submission])[0]
-    except DBAPIError as error:
+    except Exception as error:  # this submission's own failure, its answer alone
+        session.rollback()
         return error
 
 
 def insert_jobs(session: Session, jobs: list[Job]) -> set[str]:
-    """INSERT the jobs whose idempotency keys are free, and their folds; their ids."""
+    """INSERT the jobs whose idempotency keys are free, and their folds; their ids.
+
+    Rows go in (owner, key) order: two API processes inserting overlapping keys then
+    wait for each other in one order, never in a cycle (a deadlock)."""
     connection = session.connection()
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     new_jobs = dialect.insert(Job.__table__).on_conflict_do_nothing(
         index_elements=["owner", "idempotency_key"]).returning(Job.__table__.c.id)
+    ordered = sorted(jobs, key=lambda job: (job.owner, job.idempotency_key or ""))
     stored = set(connection.execute(new_jobs, [{name: getattr(job, name) for name in JOB_COLUMNS}
-                                               for job in jobs]).scalars())
+                                               for job in ordered]).scalars())
     fold_rows = [{"job_id": job.id, "fold_index": fold.index, "status": fold.status,
                   "attempts": fold.attempts, "epoch": fold.epoch}
                  for job in jobs if job.id in stored for fold in job.folds]

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from api.batching import batcher_for
 from api.deps import OwnerDep, SessionDep, SettingsDep
 from api.schemas import JobOut, JobPage, job_out
 from services import jobs
@@ -32,7 +33,7 @@ async def submit_job(spec: JobSpec, request: Request, settings: SettingsDep, own
                      idempotency_key: IdempotencyKey = None) -> JSONResponse:
     # Stored together with whatever else is being submitted (api/batching.py).
     submission = prepare(spec, owner, idempotency_key)
-    job, created = await request.app.state.batcher.submit(submission)
+    job, created = await batcher_for(request.app).submit(submission)
     return as_json(job_out(job, settings.mlflow_ui_url), status.HTTP_201_CREATED if created else 200,
                    headers={"Location": f"/jobs/{job.id}"})
 

@@ -1,10 +1,16 @@
 """The API's submission batcher, on a real database: coalescing, limits and failures."""
 import asyncio
+import time
 
 import pytest
 from sqlalchemy import func, select
 
-from api.batching import SubmissionBatcher
+import threading
+
+from fastapi.testclient import TestClient
+
+from api.batching import Interrupted, StoreFailed, SubmissionBatcher, batcher_for
+from api.main import create_app
 from services.database import make_engine, session_factory, upgrade_schema
 from services.models import Job
 from services.spec import JobSpec
@@ -79,3 +85,59 @@ def test_a_request_that_goes_away_still_gets_its_job_stored(sessions):
     waiting = asyncio.run(scenario())
     assert waiting.cancelled()
     assert stored_jobs(sessions) == 1
+
+
+def test_when_storing_fails_outright_each_request_gets_its_own_error_and_a_503(settings, sessions):
+    def broken_sessions():
+        raise ConnectionError("database unreachable")
+    batcher = SubmissionBatcher(broken_sessions)
+    outcomes = asyncio.run(submit_all(batcher, 3))
+    assert all(isinstance(o, StoreFailed) for o in outcomes)
+    assert len({id(o) for o in outcomes}) == 3  # not one exception shared by all
+    app = create_app(settings, sessions)
+    with TestClient(app) as client:
+        app.state.sessions = broken_sessions  # the batcher of the client's loop is made now
+        answer = client.post("/jobs", json=small_job())
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+    assert stored_jobs(sessions) == 0
+
+
+@pytest.mark.parametrize("when", ["before it began", "while storing"])
+def test_a_stopped_writer_answers_every_waiting_request(sessions, when):
+    """Cancelled (a shutdown): nobody waits for ever; the answer says the outcome is
+    unknown, so the client resends with its Idempotency-Key."""
+    def slow_sessions():
+        time.sleep(0.3)
+        return sessions()
+    batcher = SubmissionBatcher(slow_sessions)
+
+    async def scenario():
+        waiting = [asyncio.create_task(batcher.submit(submission(f"job-{i}"))) for i in range(3)]
+        await asyncio.sleep(0)  # all queued, the writer created
+        if when == "while storing":
+            await asyncio.sleep(0.1)
+        batcher.writer.cancel()
+        return await asyncio.gather(*waiting, return_exceptions=True)
+    outcomes = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert all(isinstance(o, Interrupted) for o in outcomes)
+
+
+def test_each_event_loop_has_its_own_batcher(settings, sessions):
+    """An app served from two loops at once (two TestClients, say) stores from both."""
+    app = create_app(settings, sessions)
+    seen, results = [], []
+
+    def serve(name):
+        async def one():
+            batcher = batcher_for(app)
+            seen.append(batcher)
+            return await batcher.submit(submission(name))
+        results.append(asyncio.run(asyncio.wait_for(one(), 30)))
+
+    threads = [threading.Thread(target=serve, args=(f"loop-{i}",)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 2 and seen[0] is not seen[1]
+    assert stored_jobs(sessions) == 2

@@ -54,3 +54,34 @@ def test_a_row_the_database_refuses_fails_alone(sessions):
     assert [o[0].name for o in (outcomes[0], outcomes[2])] == ["before", "after"]
     assert "UNIQUE" in str(outcomes[1]).upper() or "duplicate key" in str(outcomes[1])
     assert counts(sessions) == (3, 9)
+
+
+def test_keys_belong_to_their_owner(sessions):
+    mine = prepare(JobSpec.model_validate(small_job()), "team-a", "shared-key")
+    theirs = prepare(JobSpec.model_validate(small_job()), "team-b", "shared-key")
+    with sessions() as session:
+        outcomes = store(session, [mine, theirs])
+    assert [created for _, created in outcomes] == [True, True]
+    assert counts(sessions) == (2, 6)
+
+
+def test_two_writers_racing_on_the_same_keys_store_each_key_once(sessions, database_url):
+    """Two API processes' batches with overlapping keys, in opposite orders, at once:
+    each key gets one job, created by one writer and replayed by the other."""
+    import threading
+    keys = [f"key-{i}" for i in range(100)]
+    batches = [[submission(k) for k in keys], [submission(k) for k in reversed(keys)]]
+    outcomes, barrier = [], threading.Barrier(2)
+
+    def write(batch):
+        with sessions() as session:
+            barrier.wait()
+            outcomes.append(store(session, batch))
+    threads = [threading.Thread(target=write, args=(b,)) for b in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert counts(sessions) == (100, 300)
+    created = [o[1] for batch in outcomes for o in batch]
+    assert created.count(True) == 100 and created.count(False) == 100
