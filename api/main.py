@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.batching import StoreFailed, batcher_for
+from api.batching import Interrupted, StoreFailed, batcher_for
 from api.limits import BodyLimit
 from api.routes import jobs
 from services.database import make_engine, session_factory, upgrade_schema
@@ -104,6 +104,10 @@ def add_error_handlers(app: FastAPI) -> None:
     async def unavailable(_: Request, error: StoreFailed):
         return JSONResponse({"detail": f"{error}; nothing was stored, try again"}, status_code=503,
                             headers={"Retry-After": "1"})
+
+    @app.exception_handler(Interrupted)
+    async def interrupted(_: Request, error: Interrupted):
+        return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(InvalidJob)
     async def invalid(_: Request, error: InvalidJob):
