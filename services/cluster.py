@@ -2,13 +2,14 @@
 
 Each fold runs as one Ray task with the job's CPU and GPU share. Workers hold no
 database credentials: they report progress to a ProgressBoard actor, which the
-dispatcher drains, and return their outcome as the task's result.
+dispatcher reads (and acknowledges once stored), and return their outcome as the task's result.
 """
 from __future__ import annotations
 
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,9 +48,17 @@ class ProgressBoard:
     def checkpoint(self, job_id: str, fold: int) -> bytes | None:
         return self.checkpoints.get((job_id, fold))
 
-    def drain(self, job_ids: list[str]) -> list[dict]:
-        """The events of these jobs (other dispatchers' jobs stay for them)."""
-        return [event for job_id in job_ids for event in self.events.pop(job_id, [])]
+    def pending(self, job_ids: list[str]) -> dict[str, list[dict]]:
+        """The events of these jobs not yet acknowledged, oldest first (other
+        dispatchers' jobs stay for them)."""
+        return {job_id: list(self.events[job_id]) for job_id in job_ids if self.events.get(job_id)}
+
+    def acknowledge(self, counts: dict[str, int]) -> None:
+        """Drop the first `count` events of each job: its dispatcher has stored them.
+        Until then they stay, for a dispatcher that fails before storing them (or its
+        successor) to read again."""
+        for job_id, count in counts.items():
+            del self.events.get(job_id, [])[:count]
 
     def forget(self, job_id: str) -> None:
         """A finished job's checkpoints are no longer needed."""
@@ -69,7 +78,9 @@ class Reporter:
                                               **fields})
 
     def epoch(self, fold: int, report: EpochReport) -> None:
-        self.send(fold, "epoch", **vars(report))
+        # Stamped here, once: an event stored twice (a dispatcher failed between storing
+        # and acknowledging it) is then the same MLflow metric, which MLflow keeps once.
+        self.send(fold, "epoch", time_ms=int(time.time() * 1000), **vars(report))
 
     def checkpoint(self, fold: int, data: bytes) -> None:
         self.board.save_checkpoint.remote(self.job_id, fold, data)
@@ -162,8 +173,11 @@ class Cluster:
         return {fold_task.options(**options).remote(data, plan, job, job_id, self.board): [plan.index]
                 for plan in plans}
 
-    def drain_progress(self, job_ids: list[str]) -> list[dict]:
-        return ray.get(self.board.drain.remote(job_ids)) if job_ids else []
+    def pending_progress(self, job_ids: list[str]) -> dict[str, list[dict]]:
+        return ray.get(self.board.pending.remote(job_ids)) if job_ids else {}
+
+    def acknowledge_progress(self, counts: dict[str, int]) -> None:
+        ray.get(self.board.acknowledge.remote(counts))
 
     def forget(self, job_id: str) -> None:
         self.board.forget.remote(job_id)

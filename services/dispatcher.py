@@ -134,8 +134,8 @@ class Dispatcher:
 
     # -- progress ------------------------------------------------------------------
     def apply_progress(self, session: Session) -> None:
-        events = self.cluster.drain_progress(list(self.active))
-        for event in events:
+        pending = self.cluster.pending_progress(list(self.active))
+        for event in (event for events in pending.values() for event in events):
             fold = self.fold_of(session, event)
             if fold is None or fold.status in FINISHED_FOLD:
                 continue  # a late event from a fold that has already ended
@@ -143,8 +143,11 @@ class Dispatcher:
                 self.mark_started(fold, event)
             elif event["kind"] == "epoch":
                 self.record_epoch(fold, event)
-        if events:
+        if pending:
             session.commit()
+            # Only now, with the events stored: should anything above fail, they are read
+            # again (storing one twice changes nothing: see mark_started, record_epoch).
+            self.cluster.acknowledge_progress({job_id: len(events) for job_id, events in pending.items()})
 
     @staticmethod
     def fold_of(session: Session, event: dict) -> Fold | None:
@@ -152,6 +155,8 @@ class Dispatcher:
                                                  Fold.index == event["fold"]))
 
     def mark_started(self, fold: Fold, event: dict) -> None:
+        if fold.status is FoldStatus.RUNNING and fold.worker == event.get("worker"):
+            return  # this attempt's start, already recorded
         if fold.status is FoldStatus.RUNNING:
             # Started again: its worker died and Ray retried the task.
             move_fold(fold, FoldStatus.PENDING)
@@ -172,7 +177,7 @@ class Dispatcher:
         fold.epoch = event["epoch"]
         fold.train_loss, fold.val_loss = metrics["train_loss"], metrics["val_loss"]
         fold.val_accuracy = metrics.get("val_accuracy")  # None for regression
-        self.tracker.log_epoch(fold.mlflow_run_id, event["epoch"], metrics)
+        self.tracker.log_epoch(fold.mlflow_run_id, event["epoch"], metrics, event.get("time_ms"))
 
     # -- results -------------------------------------------------------------------
     def finished_tasks(self) -> dict[str, list]:

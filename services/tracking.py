@@ -53,8 +53,11 @@ class Tracker:
                   "crossfold.fold": str(i)}).info.run_id for i in range(n_folds)]
         return experiment, parent, children
 
-    def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float]) -> None:
-        stamp = int(time.time() * 1000)
+    def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float],
+                  stamp_ms: int | None = None) -> None:
+        """One epoch's metrics at step = epoch. With the worker's `stamp_ms`, logging the
+        same epoch again adds nothing (MLflow keeps one of identical metrics)."""
+        stamp = int(time.time() * 1000) if stamp_ms is None else stamp_ms
         self.client.log_batch(run_id, metrics=[Metric(k, v, stamp, epoch) for k, v in metrics.items()])
 
     def finish_fold(self, run_id: str, *, status: str, test_metrics: dict[str, float] | None = None,

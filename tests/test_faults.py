@@ -138,3 +138,65 @@ def test_a_job_that_cannot_start_fails_alone_and_the_next_one_runs(ray_session, 
     assert {f.status.value for f in failed.folds} == {"cancelled"}
     assert not dispatcher.active
     engine.dispose()
+
+
+def test_progress_stays_on_the_board_until_the_dispatcher_acknowledges_it(ray_session):
+    from services.cluster import Cluster
+    cluster = Cluster()
+    job = "ack-test-job"
+    for epoch in (1, 2):
+        cluster.board.report.remote({"job_id": job, "fold": 0, "kind": "epoch", "epoch": epoch})
+    first = cluster.pending_progress([job])[job]
+    assert [e["epoch"] for e in first] == [1, 2]
+    assert cluster.pending_progress([job])[job] == first  # read again: still there
+    cluster.board.report.remote({"job_id": job, "fold": 0, "kind": "epoch", "epoch": 3})
+    cluster.acknowledge_progress({job: len(first)})
+    assert [e["epoch"] for e in cluster.pending_progress([job])[job]] == [3]  # arrived meanwhile
+    cluster.forget(job)
+
+
+def test_a_tick_that_fails_midway_loses_no_epoch_and_logs_none_twice(ray_session, tmp_path, database_url):
+    """The dispatcher fails while storing progress (MLflow unreachable for a moment):
+    the events it had read stay on the board, the next tick stores them, and every
+    epoch appears once in MLflow."""
+    from services.cluster import Cluster
+    from services.dispatcher import Dispatcher
+    from services.states import JobStatus
+    from services.tracking import Tracker
+
+    class FlakyTracker(Tracker):
+        calls = 0
+
+        def log_epoch(self, *args, **kwargs):
+            FlakyTracker.calls += 1
+            super().log_epoch(*args, **kwargs)  # this one is stored, then the tick fails
+            if FlakyTracker.calls in (4, 9):
+                raise ConnectionError("MLflow unreachable")
+
+    engine = make_engine(database_url)
+    upgrade_schema(engine)
+    sessions = session_factory(engine)
+    with sessions() as session:
+        job_id = jobs.create_job(session=session, spec=JobSpec.model_validate(
+            small_job(max_epochs=8, early_stopping={"patience": 100})))[0].id
+    tracker = FlakyTracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifacts_dir=tmp_path / "art")
+    dispatcher = Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker, poll_interval_s=0.2)
+    failures = []
+
+    def finished():
+        try:
+            dispatcher.tick()
+        except ConnectionError as error:
+            failures.append(error)
+        with sessions() as session:
+            return jobs.get_job(session=session, job_id=job_id).status is JobStatus.SUCCEEDED
+    wait_for(finished, 120)
+    assert len(failures) == 2
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with sessions() as session:
+        final = jobs.get_job(session=session, job_id=job_id)
+    for fold in final.folds:
+        steps = [m.step for m in client.get_metric_history(fold.mlflow_run_id, "val_loss")]
+        assert sorted(steps) == list(range(1, 9)), fold.index
+        assert fold.attempts == 1
+    engine.dispose()
