@@ -60,11 +60,11 @@ def lifespan(threads: int):
     serve fewer requests, and more unevenly, than a handful taking turns.
 
     Then the bundled datasets are described once (submissions are checked against them
-    on the event loop, which must not wait for a first load). And everything allocated
-    so far (the app and the libraries imported for it, some
-    340,000 objects) is moved out of the garbage collector's reach: a full collection
-    walked them all, about 90 ms during which no request moved. Under load (50 clients,
-    bench/submit_load.py) that made p99 175 ms instead of 51 ms."""
+    on the event loop, which must not wait for a first load). Last, everything allocated
+    so far (the app and its libraries, some 200,000 objects) is moved out of the garbage
+    collector's reach: a full collection walked them all (about 60 ms, during which no
+    request moved). Under load (50 clients, bench/submit_load.py, when the API still
+    imported torch too) that made p99 175 ms instead of 51 ms."""
     @asynccontextmanager
     async def run(app: FastAPI):
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads

@@ -8,7 +8,7 @@ import numpy as np
 from sklearn import datasets as sk
 
 from services.spec import DatasetSpec
-from workers.fold import DataInfo
+from workers.plans import DataInfo
 
 BUNDLED = {
     "digits": sk.load_digits,       # 8x8 images, flattened to 64 features

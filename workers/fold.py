@@ -19,6 +19,7 @@ from workers.checkpointing import snapshot
 from workers.early_stopping import EarlyStopping
 from workers.models import build_model
 from workers.optimizers import build_optimizer
+from workers.plans import DataInfo, FoldPlan  # noqa: F401  (part of this module's interface)
 from workers.tasks import Classification, Regression
 from workers.packed_checkpointing import snapshot_pack
 from workers.packed_model import PackedMLP
@@ -28,22 +29,6 @@ from workers.training import EpochReport, LossAverage, Split, Task, fit
 
 
 FEATURE_DTYPE = np.float32  # what models train in; tests switch to float64 for exact comparisons
-
-
-@dataclass(frozen=True)
-class DataInfo:
-    task: str                      # "classification" or "regression"
-    input_shape: tuple[int, ...]   # (features,) or (channels, height, width)
-    n_classes: int = 0
-
-
-@dataclass(frozen=True)
-class FoldPlan:
-    """Which rows fold `index` trains, validates and tests on."""
-    index: int
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
 
 
 @dataclass
