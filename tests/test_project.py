@@ -77,3 +77,13 @@ def test_examples_are_valid_jobs(path):
 def test_one_services_module_owns_each_heavy_dependency(library, owner):
     users = {p.name for p in (ROOT / "services").rglob("*.py") if library in imports_of(p)}
     assert users == {owner}
+
+
+def test_the_api_does_not_import_the_training_stack():
+    """A lighter API process: quicker to start, and a smaller heap for the garbage
+    collector (see api.main.lifespan). Checked in a fresh interpreter."""
+    probe = "import sys, api.main; print(sorted({'torch', 'ray', 'mlflow'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
