@@ -13,12 +13,13 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.cluster import Cluster, FoldResult
 from services.datasets import load_dataset
-from services.lifecycle import adopt_orphaned_job, claim_next_job, move_fold, move_job, renew_leases
+from services.lifecycle import (adopt_orphaned_job, claim_next_job, hold_leases, move_fold, move_job,
+                                renew_leases)
 from services.models import Fold, Job
 from services.results import fold_table, summarize
 from services.spec import JobSpec, flatten
@@ -36,6 +37,10 @@ class ActiveJob:
     job_id: str
     tasks: dict[object, list[int]] = field(default_factory=dict)  # Ray task → its fold indices
     cancelling: bool = False
+
+
+class LeaseLost(RuntimeError):
+    """Another dispatcher adopted a job while this one was still writing it."""
 
 
 class Dispatcher:
@@ -60,6 +65,7 @@ class Dispatcher:
             held = renew_leases(session, dispatcher_id=self.dispatcher_id, job_ids=list(self.active),
                                 lease_s=self.lease_s)
             self.drop_lost_jobs(held)
+            self.fence(session)
             self.claim_jobs(session)
             # Look for finished tasks before draining progress: a task reports all its
             # epochs before it returns, so every epoch of these tasks is on the board now.
@@ -67,6 +73,20 @@ class Dispatcher:
             self.apply_progress(session)
             self.collect_results(session, finished)
             self.carry_out_cancellations(session)
+
+    def fence(self, session: Session) -> None:
+        """From here on, each commit of this tick first checks that every job it holds is
+        still its own. A tick that stalled past its leases (a long pause) while another
+        dispatcher adopted a job then writes nothing: LeaseLost rolls the transaction
+        back, and the next tick drops that job. Progress not yet acknowledged and results
+        not yet popped are read again then, so the rollback loses nothing."""
+        def check(checked: Session) -> None:
+            held = hold_leases(checked, dispatcher_id=self.dispatcher_id, job_ids=list(self.active),
+                               lease_s=self.lease_s)
+            if lost := set(self.active) - held:
+                raise LeaseLost(f"jobs {sorted(lost)} now belong to another dispatcher; "
+                                "this tick's writes are dropped")
+        event.listen(session, "before_commit", check)
 
     # -- starting jobs -------------------------------------------------------------
     def claim_jobs(self, session: Session) -> None:

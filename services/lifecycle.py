@@ -91,6 +91,18 @@ def renew_leases(session: Session, *, dispatcher_id: str, job_ids: list[str], le
     return held
 
 
+def hold_leases(session: Session, *, dispatcher_id: str, job_ids: list[str], lease_s: float) -> set[str]:
+    """The fence before a dispatcher commits: extend its leases inside the caller's
+    transaction and return the ids still its own. A job adopted meanwhile is missing,
+    and on PostgreSQL the rows stay locked to this transaction until it ends, so no
+    adoption can slip in between this check and the commit."""
+    if not job_ids:
+        return set()
+    return set(session.scalars(
+        update(Job).where(Job.id.in_(job_ids), Job.dispatcher_id == dispatcher_id)
+        .values(lease_expires_at=now() + timedelta(seconds=lease_s)).returning(Job.id)))
+
+
 def cancel_if_queued(session: Session, *, job_id: str) -> bool:
     """Cancel a job that no dispatcher has claimed yet; False if one got there first.
 

@@ -200,3 +200,40 @@ def test_a_tick_that_fails_midway_loses_no_epoch_and_logs_none_twice(ray_session
         assert sorted(steps) == list(range(1, 9)), fold.index
         assert fold.attempts == 1
     engine.dispose()
+
+
+def test_a_dispatcher_that_lost_a_job_writes_nothing_more_to_it(ray_session, tmp_path, database_url):
+    """A dispatcher stalls past its lease and another adopts its job: the stalled one's
+    next commit is refused (fenced), and nothing it wrote lands."""
+    from sqlalchemy import update
+
+    from services.cluster import Cluster
+    from services.dispatcher import Dispatcher, LeaseLost
+    from services.models import Job
+    from services.states import JobStatus
+    from services.tracking import Tracker
+    engine = make_engine(database_url)
+    upgrade_schema(engine)
+    sessions = session_factory(engine)
+    with sessions() as session:
+        job_id = jobs.create_job(session=session, spec=JobSpec.model_validate(
+            small_job(**SLOW_FOLDS)))[0].id
+    tracker = Tracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifacts_dir=tmp_path / "art")
+    stalled = Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker)
+    stalled.tick()
+    assert job_id in stalled.active
+    with sessions() as session:  # meanwhile another dispatcher adopted the job
+        session.execute(update(Job).where(Job.id == job_id).values(dispatcher_id="the-other-one"))
+        session.commit()
+    with sessions() as session:
+        stalled.fence(session)  # as in each tick, once its leases are renewed
+        session.get(Job, job_id).error = "a stale write"
+        with pytest.raises(LeaseLost):
+            session.commit()
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job.error is None and job.dispatcher_id == "the-other-one"
+        assert job.status is JobStatus.RUNNING
+    stalled.tick()  # the next tick lets the job go
+    assert job_id not in stalled.active
+    engine.dispose()
