@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_output import write_results  # bench/bench_output.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -56,10 +57,7 @@ def main() -> None:
                           for n in names)
         print(f"{path.name:<28} {seconds:>8.1f}  {shown}", flush=True)
         results[path.name] = {"seconds": seconds, **summary}
-    out = ROOT / "bench" / "results" / "example_accuracy.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_results("example_accuracy", results)
 
 
 if __name__ == "__main__":

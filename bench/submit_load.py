@@ -23,6 +23,7 @@ from pathlib import Path
 import aiohttp
 import httpx
 import psycopg
+from bench_output import write_results  # bench/bench_output.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = {"name": "load", "dataset": "iris", "optimizer": {"name": "adam", "lr": 0.01},
@@ -120,10 +121,7 @@ def main() -> None:
     print(f"{result['clients']:>8} {result['submitted']:>6} {result['errors']:>7} {result['stored']:>7} "
           f"{result['per_second']:>7.0f} {result['p50_ms']:>7.1f} {result['p90_ms']:>7.1f} "
           f"{result['p99_ms']:>7.1f} {result['max_ms']:>7.1f}")
-    out = ROOT / "bench" / "results" / "submit_load.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_results("submit_load", result)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,13 @@ Writes bench/results/train_throughput-<device>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from bench_output import write_results  # bench/bench_output.py, beside this script
 import torch.nn.functional as F
 from torch import nn
 
@@ -277,13 +277,10 @@ def main() -> None:
           f"{args.rows} rows")
     table = run(device, args.rows, args.seconds, args.batches, args.repeats)
     print_table(table)
-    out = ROOT / "bench" / "results" / f"train_throughput-{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": str(device), "device_name": name, "torch": torch.__version__,
-                               "rows": args.rows, "seconds": args.seconds, "repeats": args.repeats,
-                               "samples_per_s": table, "ratios": {b: ratios(r) for b, r in table.items()}},
-                              indent=2))
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_results(f"train_throughput-{device.type}", {
+        "device": str(device), "device_name": name, "torch": torch.__version__, "rows": args.rows,
+        "seconds": args.seconds, "repeats": args.repeats, "samples_per_s": table,
+        "ratios": {b: ratios(r) for b, r in table.items()}})
 
 
 if __name__ == "__main__":

@@ -80,13 +80,7 @@ def adopt_orphaned_job(session: Session, *, dispatcher_id: str, lease_s: float =
 def renew_leases(session: Session, *, dispatcher_id: str, job_ids: list[str], lease_s: float) -> set[str]:
     """Keep this dispatcher's running jobs its own for another `lease_s` seconds; returns
     the ids it still holds (a job adopted by another dispatcher is no longer among them)."""
-    if not job_ids:
-        return set()
-    held = session.scalars(
-        update(Job).where(Job.id.in_(job_ids), Job.dispatcher_id == dispatcher_id,
-                          Job.status == JobStatus.RUNNING)
-        .values(lease_expires_at=now() + timedelta(seconds=lease_s)).returning(Job.id))
-    held = set(held)
+    held = hold_leases(session, dispatcher_id=dispatcher_id, job_ids=job_ids, lease_s=lease_s)
     session.commit()
     return held
 
