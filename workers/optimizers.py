@@ -12,7 +12,8 @@ How the lecture's symbols map onto torch (α = lr):
             With bias_correction off (the slide's form, W -= α V / (√S + ε)) torch has no
             switch, so LectureAdam below does it.
 torch's SGD and Adam run their fused kernels (one pass over each parameter instead of
-one kernel per operation), on the CPU too; RMSprop its foreach kernels.
+one kernel per operation), on the CPU too; RMSprop and the two written here use foreach
+kernels (one kernel per operation for all parameters at once).
 """
 from __future__ import annotations
 
@@ -59,15 +60,26 @@ class LectureAdam(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            for param in (p for p in group["params"] if p.grad is not None):
-                state = self.state[param]
-                if not state:
-                    state["V"], state["S"] = torch.zeros_like(param), torch.zeros_like(param)
-                grad = param.grad
-                state["V"].mul_(group["beta1"]).add_(grad, alpha=1 - group["beta1"])
-                state["S"].mul_(group["beta2"]).addcmul_(grad, grad, value=1 - group["beta2"])
-                param.addcdiv_(state["V"], state["S"].sqrt().add_(group["eps"]), value=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            V, S = map(list, zip(*(self._moments(p) for p in params)))
+            beta1, beta2 = group["beta1"], group["beta2"]
+            torch._foreach_mul_(V, beta1)
+            torch._foreach_add_(V, grads, alpha=1 - beta1)
+            torch._foreach_mul_(S, beta2)
+            torch._foreach_addcmul_(S, grads, grads, value=1 - beta2)
+            denominators = torch._foreach_sqrt(S)
+            torch._foreach_add_(denominators, group["eps"])
+            torch._foreach_addcdiv_(params, V, denominators, value=-group["lr"])
         return loss
+
+    def _moments(self, param: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        state = self.state[param]
+        if not state:
+            state["V"], state["S"] = torch.zeros_like(param), torch.zeros_like(param)  # V₀ = S₀ = 0
+        return state["V"], state["S"]
 
 
 def build_optimizer(params, config: dict) -> torch.optim.Optimizer:

@@ -16,14 +16,15 @@ class PackedOptimizer:
         self.params = [p for p in params]
         self.config, self.k = config, k
         self.state = [{"V": torch.zeros_like(p), "S": torch.zeros_like(p)} for p in self.params]
-        self.t = torch.zeros(k, device=self.params[0].device)
+        # Per-fold step counts, in the parameters' precision (β^t is computed from them).
+        self.t = torch.zeros(k, dtype=self.params[0].dtype, device=self.params[0].device)
 
     def state_dict(self) -> dict:
         return {"state": self.state, "t": self.t}
 
     def load_state_dict(self, saved: dict) -> None:
         device = self.t.device
-        self.t = saved["t"].to(device)
+        self.t = saved["t"].to(self.t)
         self.state = [{k: v.to(device) for k, v in s.items()} for s in saved["state"]]
 
     def copy_state_from(self, saved: dict) -> None:

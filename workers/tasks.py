@@ -34,8 +34,10 @@ class Classification:
         precision = correct / confusion.sum(0).clamp(min=1)
         recall = correct / confusion.sum(1).clamp(min=1)
         f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-        present = confusion.sum(1) > 0  # classes absent from this split do not count
-        macro_f1 = f1[present].mean().item() if present.any() else 0.0
+        # As scikit-learn: the classes that occur in this split or among its predictions
+        # (a class predicted but absent scores 0); one neither true nor predicted is left out.
+        seen = (confusion.sum(0) + confusion.sum(1)) > 0
+        macro_f1 = f1[seen].mean().item() if seen.any() else 0.0
         return {"loss": sums[0] / n, "accuracy": correct.sum().item() / n, "f1": macro_f1}
 
 

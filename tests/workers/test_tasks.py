@@ -21,6 +21,14 @@ def test_classification_metrics_match_scikit_learn():
     assert metrics["loss"] == pytest.approx(full_loss, rel=1e-5)
 
 
+def test_macro_f1_counts_a_class_predicted_but_absent_as_scikit_learn_does():
+    target = torch.tensor([0, 0, 1, 1])
+    predicted = torch.tensor([0, 2, 1, 1])  # class 2 is predicted once, never true; 3 neither
+    task = Classification(4)
+    metrics = task.metrics(task.sums(torch.nn.functional.one_hot(predicted, 4).float(), target).tolist(), 4)
+    assert metrics["f1"] == pytest.approx(f1_score(target, predicted, average="macro"))  # 5/9
+
+
 def test_regression_metrics_match_scikit_learn():
     rng = np.random.default_rng(1)
     target = rng.normal(size=100).astype(np.float32)

@@ -58,6 +58,62 @@ def test_steps_per_epoch_follow_the_batch_regime(batch_size, steps):
     assert CountingSGD.steps == steps
 
 
+class RowRecorder(torch.nn.Module):
+    """Passes its input on and remembers, per training step, the rows it saw (feature 0
+    holds each row's number)."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches: list[list[int]] = []
+
+    def forward(self, x):
+        if self.training:
+            self.batches.append(x[:, 0].long().tolist())
+        return x
+
+
+def epochs_of_rows(model_tail: list, n=17, batch_size=8, epochs=3, lr=0.01):
+    """The rows of every step of `epochs` epochs, and each epoch's reported loss."""
+    x = torch.cat([torch.arange(n, dtype=torch.float32)[:, None], torch.randn(n, 3)], 1)
+    data = Split(x, torch.randint(0, 3, (n,)))
+    recorder = RowRecorder()
+    model = torch.nn.Sequential(recorder, *model_tail)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    generator, seen, losses = torch.Generator().manual_seed(0), [], []
+    for _ in range(epochs):
+        recorder.batches = []
+        losses.append(train_one_epoch(model, optimizer, TASK, data, batch_size, generator).item())
+        seen.append(recorder.batches)
+    return seen, losses, model, data
+
+
+def test_every_epoch_sees_every_row_once_in_a_fresh_order():
+    seen, _, _, _ = epochs_of_rows([torch.nn.Linear(4, 3)])
+    for batches in seen:
+        assert [len(b) for b in batches] == [8, 8, 1]  # the last batch holds the remainder
+        assert sorted(sum(batches, [])) == list(range(17))
+    orders = [tuple(sum(batches, [])) for batches in seen]
+    assert len(set(orders)) == 3  # shuffled again every epoch
+
+
+def test_batch_norm_skips_a_remainder_of_one_row():
+    seen, _, _, _ = epochs_of_rows([torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)])
+    for batches in seen:
+        assert [len(b) for b in batches] == [8, 8]
+        assert len(set(sum(batches, []))) == 16
+
+
+def test_the_epoch_loss_weighs_every_row_alike():
+    """17 rows in batches of 8, 8 and 1: the epoch's loss is the mean over rows, not
+    the mean of the three batch means (lr 0 keeps the weights, so both can be recomputed)."""
+    seen, losses, model, data = epochs_of_rows([torch.nn.Linear(4, 3)], epochs=1, lr=0.0)
+    with torch.no_grad():
+        per_row = TASK.loss(model(data.x), data.y, "none")
+    assert losses[0] == pytest.approx(per_row.mean().item(), rel=1e-6)
+    mean_of_batch_means = np.mean([per_row[rows].mean().item() for rows in seen[0]])
+    assert abs(mean_of_batch_means - losses[0]) > 1e-3  # so the check above tells them apart
+
+
 def test_momentum_follows_the_lecture_formula():
     torch.manual_seed(0)
     w = torch.randn(5, requires_grad=True)
@@ -170,6 +226,15 @@ def test_epoch_reports_carry_the_loss_average_beside_the_raw_loss():
         assert report.metrics["train_loss_ewma"] == pytest.approx(raw)
         assert report.metrics["train_loss_ewma_corrected"] == pytest.approx(corrected)
     assert {"val_loss", "val_accuracy", "val_f1"} <= set(reports[0].metrics)
+
+
+@pytest.mark.parametrize("second, stops", [(0.84, True), (0.86, False)])
+def test_min_delta_applies_to_validation_accuracy_too(second, stops):
+    stopper = EarlyStopping(monitor="val_accuracy", patience=1, min_delta=0.05)
+    model = torch.nn.Linear(1, 1)
+    stopper.on_epoch_end(1, {"val_accuracy": 0.80}, model)
+    assert stopper.on_epoch_end(2, {"val_accuracy": second}, model) is stops
+    assert stopper.best_epoch == (1 if stops else 2)
 
 
 def test_loss_average_follows_the_lecture():
