@@ -68,6 +68,21 @@ def test_imports_flow_api_to_services_to_workers(package, forbidden):
         assert not imports_of(path) & forbidden, f"{path} imports {imports_of(path) & forbidden}"
 
 
+# What the GPU machine offers (its image has torch, numpy, scikit-learn and pytest, none
+# of the service's packages): bench/device_check.sh runs tests/workers and the throughput
+# bench there.
+GPU_MACHINE_HAS = set(sys.stdlib_module_names) | {"__future__", "torch", "numpy", "sklearn", "pytest",
+                                                  "workers", "bench_output",
+                                                  "tests"}  # tests.workers: checked here too
+
+
+def test_the_gpu_check_imports_only_what_the_gpu_machine_has():
+    paths = [*(ROOT / "workers").rglob("*.py"), *(ROOT / "tests" / "workers").glob("*.py"),
+             ROOT / "bench" / "train_throughput.py", ROOT / "bench" / "bench_output.py"]
+    for path in paths:
+        assert imports_of(path) <= GPU_MACHINE_HAS, f"{path} imports {imports_of(path) - GPU_MACHINE_HAS}"
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.json")), ids=lambda p: p.name)
 def test_examples_are_valid_jobs(path):
     JobSpec.model_validate(json.loads(path.read_text()))

@@ -253,27 +253,28 @@ def test_early_stopping_can_monitor_validation_accuracy():
 
 
 def test_regression_fold_reports_mae_and_r2():
-    from services.datasets import load_dataset  # test-only: real regression data
-    from services.spec import DatasetSpec
-    data = load_dataset(DatasetSpec(name="diabetes"))
+    # scikit-learn's copies, not services.datasets: these tests also run on a GPU machine
+    # that has torch and scikit-learn but not the service's packages.
+    from sklearn.datasets import load_diabetes
+    x, y = load_diabetes(return_X_y=True)
     job = {**JOB, "model": {"type": "mlp", "hidden": [32], "batch_norm": False, "dropout": 0.0},
            "optimizer": {"name": "adam", "lr": 0.01}, "max_epochs": 60}
-    rows = np.random.default_rng(0).permutation(len(data.y))
+    rows = np.random.default_rng(0).permutation(len(y))
     plan = FoldPlan(0, rows[:260], rows[260:350], rows[350:])
-    outcome = run_fold(data.x, data.y, data.info, plan, job, device=CPU, report=lambda r: None)
+    outcome = run_fold(x, y, DataInfo("regression", (10,)), plan, job, device=CPU, report=lambda r: None)
     assert set(outcome.test_metrics) == {"loss", "mae", "r2"}
     assert outcome.test_metrics["r2"] > 0.3 and 30 < outcome.test_metrics["mae"] < 60
 
 
 def test_cnn_fold_learns_digits():
-    from services.datasets import load_dataset
-    from services.spec import DatasetSpec
-    data = load_dataset(DatasetSpec(name="digits"))
+    from sklearn.datasets import load_digits
+    x, y = load_digits(return_X_y=True)
     job = {**JOB, "model": {"type": "cnn", "channels": [8, 16], "hidden": [32], "batch_norm": True,
                             "dropout": 0.1}, "max_epochs": 8}
-    rows = np.random.default_rng(0).permutation(len(data.y))
+    rows = np.random.default_rng(0).permutation(len(y))
     plan = FoldPlan(0, rows[:1000], rows[1000:1400], rows[1400:])
-    outcome = run_fold(data.x, data.y, data.info, plan, job, device=CPU, report=lambda r: None)
+    outcome = run_fold(x, y, DataInfo("classification", (1, 8, 8), 10), plan, job, device=CPU,
+                       report=lambda r: None)
     assert outcome.test_metrics["accuracy"] > 0.9
 
 
