@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import torch
-from bench_output import write_results  # bench/bench_output.py, beside this script
 import torch.nn.functional as F
+from bench_output import write_results  # bench/bench_output.py, beside this script
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,64 +22,60 @@ from typing import Iterable
 import torch
 
 
-class LectureMomentum(torch.optim.Optimizer):
-    """Gradient descent with momentum exactly as the lecture writes it."""
-
-    def __init__(self, params: Iterable[torch.Tensor], lr: float, beta: float = 0.9):
-        super().__init__(params, {"lr": lr, "beta": beta})
+class LectureOptimizer(torch.optim.Optimizer):
+    """What the lecture's hand-written rules share: each step updates, per parameter
+    group, the parameters that have a gradient, with foreach kernels."""
 
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            velocities = [self._velocity(p) for p in params]
-            grads = [p.grad for p in params]
-            torch._foreach_mul_(velocities, group["beta"])
-            torch._foreach_add_(velocities, grads, alpha=1 - group["beta"])
-            torch._foreach_add_(params, velocities, alpha=-group["lr"])
+            if params:
+                self.update(group, params, [p.grad for p in params])
         return loss
 
-    def _velocity(self, param: torch.Tensor) -> torch.Tensor:
-        state = self.state[param]
-        if "velocity" not in state:
-            state["velocity"] = torch.zeros_like(param)  # V₀ = 0
-        return state["velocity"]
+    def update(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def averages(self, params: list[torch.Tensor], name: str) -> list[torch.Tensor]:
+        """Each parameter's running average `name`, started at 0 (V₀ = S₀ = 0)."""
+        for p in params:
+            if name not in self.state[p]:
+                self.state[p][name] = torch.zeros_like(p)
+        return [self.state[p][name] for p in params]
 
 
-class LectureAdam(torch.optim.Optimizer):
+class LectureMomentum(LectureOptimizer):
+    """Gradient descent with momentum exactly as the lecture writes it."""
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float, beta: float = 0.9):
+        super().__init__(params, {"lr": lr, "beta": beta})
+
+    def update(self, group, params, grads):
+        velocities = self.averages(params, "velocity")
+        torch._foreach_mul_(velocities, group["beta"])
+        torch._foreach_add_(velocities, grads, alpha=1 - group["beta"])
+        torch._foreach_add_(params, velocities, alpha=-group["lr"])
+
+
+class LectureAdam(LectureOptimizer):
     """Adam without bias correction: V and S start at 0 and are used as they are."""
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float, beta1: float = 0.9,
                  beta2: float = 0.98, eps: float = 1e-8):
         super().__init__(params, {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps})
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            V, S = map(list, zip(*(self._moments(p) for p in params)))
-            beta1, beta2 = group["beta1"], group["beta2"]
-            torch._foreach_mul_(V, beta1)
-            torch._foreach_add_(V, grads, alpha=1 - beta1)
-            torch._foreach_mul_(S, beta2)
-            torch._foreach_addcmul_(S, grads, grads, value=1 - beta2)
-            denominators = torch._foreach_sqrt(S)
-            torch._foreach_add_(denominators, group["eps"])
-            torch._foreach_addcdiv_(params, V, denominators, value=-group["lr"])
-        return loss
-
-    def _moments(self, param: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        state = self.state[param]
-        if not state:
-            state["V"], state["S"] = torch.zeros_like(param), torch.zeros_like(param)  # V₀ = S₀ = 0
-        return state["V"], state["S"]
+    def update(self, group, params, grads):
+        V, S = self.averages(params, "V"), self.averages(params, "S")
+        beta1, beta2 = group["beta1"], group["beta2"]
+        torch._foreach_mul_(V, beta1)
+        torch._foreach_add_(V, grads, alpha=1 - beta1)
+        torch._foreach_mul_(S, beta2)
+        torch._foreach_addcmul_(S, grads, grads, value=1 - beta2)
+        denominators = torch._foreach_sqrt(S)
+        torch._foreach_add_(denominators, group["eps"])
+        torch._foreach_addcdiv_(params, V, denominators, value=-group["lr"])
 
 
 def build_optimizer(params, config: dict) -> torch.optim.Optimizer:
