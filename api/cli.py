@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from api.client import ApiError, JobsClient
-from api.progress import fold_table, follow, job_lines
+from api.progress import FINISHED, fold_table, follow, job_lines
+from services.states import JobStatus
 
 DEFAULT_URL = os.environ.get("CROSSFOLD_URL", "http://127.0.0.1:8000")
 
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show a job")
     status.add_argument("job_id")
     listing = commands.add_parser("list", help="list jobs, newest first")
-    listing.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    listing.add_argument("--status", choices=[status.value for status in JobStatus])
     listing.add_argument("--limit", type=int, default=20)
     cancel = commands.add_parser("cancel", help="cancel a job")
     cancel.add_argument("job_id")
@@ -118,7 +119,7 @@ def submit_command(args) -> int:
 def status_command(args) -> int:
     job = client_for(args).get(args.job_id)
     print("\n".join(job_lines(job)))
-    if job["status"] in ("succeeded", "failed", "cancelled"):
+    if job["status"] in FINISHED:
         print(fold_table(job))
     if job["error"]:
         print(f"error: {job['error']}")

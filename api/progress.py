@@ -5,17 +5,22 @@ import sys
 import time
 from typing import Callable, TextIO
 
-FINISHED = {"succeeded", "failed", "cancelled"}
+from services.states import FINISHED_FOLD, FINISHED_JOB
+
+FINISHED = {status.value for status in FINISHED_JOB | FINISHED_FOLD}
 BAR_WIDTH = 24
 
 
 def fold_line(fold: dict, max_epochs: int) -> str:
+    """Progress, the latest epoch's validation loss and the best one's, and the status."""
     done = fold["status"] in FINISHED
     fraction = 1.0 if done else min(fold["epoch"] / max_epochs, 1.0)
     filled = int(fraction * BAR_WIDTH)
     bar = "#" * filled + "." * (BAR_WIDTH - filled)
     loss = f"val_loss {fold['val_loss']:.4f}" if fold["val_loss"] is not None else ""
-    return f"fold {fold['index']} [{bar}] epoch {fold['epoch']:>4} {loss:<17} {fold['status']}"
+    best = (f"best {fold['best_val_loss']:.4f} @ {fold['best_epoch']}"
+            if fold.get("best_val_loss") is not None else "")
+    return f"fold {fold['index']} [{bar}] epoch {fold['epoch']:>4} {loss:<17} {best:<19} {fold['status']}"
 
 
 def job_lines(job: dict) -> list[str]:
@@ -43,17 +48,26 @@ def follow(fetch: Callable[[], dict], out: TextIO | None = None, interval: float
         time.sleep(interval)
 
 
+BEST_COLUMNS = ("best_val_loss", "best_val_accuracy")  # the best epoch's, not the latest's
+
+
 def fold_table(job: dict) -> str:
-    """The folds' test metrics, then their mean and standard deviation."""
+    """Per fold: the best epoch and its validation figures, the test metrics of its
+    weights; then the test metrics' mean and standard deviation."""
     metrics = sorted({k for f in job["folds"] for k in (f["test_metrics"] or {})})
-    rows = [["fold", "status", "best_epoch", *(f"test_{m}" for m in metrics)]]
+    best = [c for c in BEST_COLUMNS if any(f.get(c) is not None for f in job["folds"])]
+    rows = [["fold", "status", "best_epoch", *best, *(f"test_{m}" for m in metrics)]]
     for fold in job["folds"]:
         values = fold["test_metrics"] or {}
         rows.append([str(fold["index"]), fold["status"], str(fold["best_epoch"] or "-"),
-                     *(f"{values[m]:.4f}" if m in values else "-" for m in metrics)])
+                     *(number(fold.get(c)) for c in best), *(number(values.get(m)) for m in metrics)])
     summary = job.get("summary") or {}
     for stat in ("mean", "std"):
-        rows.append([stat, "", "", *(f"{summary[f'test_{m}_{stat}']:.4f}"
-                                     if f"test_{m}_{stat}" in summary else "-" for m in metrics)])
+        rows.append([stat, "", "", *([""] * len(best)),
+                     *(number(summary.get(f"test_{m}_{stat}")) for m in metrics)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+
+
+def number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

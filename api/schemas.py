@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from services.models import Fold, Job
 from services.results import mlflow_link
@@ -14,11 +14,14 @@ class FoldOut(BaseModel):
     index: int
     status: FoldStatus
     attempts: int
-    epoch: int
-    train_loss: float | None
-    val_loss: float | None
-    val_accuracy: float | None
-    best_epoch: int | None
+    epoch: int = Field(description="the latest epoch")
+    train_loss: float | None = Field(description="the latest epoch's")
+    val_loss: float | None = Field(description="the latest epoch's")
+    val_accuracy: float | None = Field(description="the latest epoch's (classification)")
+    best_epoch: int | None = Field(description="the epoch early stopping keeps: lowest val_loss "
+                                               "(or highest val_accuracy) so far")
+    best_val_loss: float | None = Field(description="the best epoch's")
+    best_val_accuracy: float | None = Field(description="the best epoch's (classification)")
     test_metrics: dict[str, float] | None
     error: str | None
     worker: str | None
@@ -54,6 +57,7 @@ def fold_out(fold: Fold, experiment_id: str | None, ui_url: str) -> FoldOut:
     return FoldOut(index=fold.index, status=fold.status, attempts=fold.attempts, epoch=fold.epoch,
                    train_loss=fold.train_loss, val_loss=fold.val_loss,
                    val_accuracy=fold.val_accuracy, best_epoch=fold.best_epoch,
+                   best_val_loss=fold.best_val_loss, best_val_accuracy=fold.best_val_accuracy,
                    test_metrics=fold.test_metrics, error=fold.error, worker=fold.worker,
                    mlflow_run_id=fold.mlflow_run_id,
                    mlflow_url=mlflow_link(ui_url, experiment_id, fold.mlflow_run_id))

@@ -33,7 +33,8 @@ def build_dispatcher(settings: Settings):
     tracker.ensure_store()
     cluster = Cluster(address=settings.ray_address, max_retries=settings.fold_max_retries)
     return Dispatcher(sessions=session_factory(engine), cluster=cluster, tracker=tracker,
-                      poll_interval_s=settings.poll_interval_s, lease_s=settings.lease_s)
+                      max_active_jobs=settings.max_active_jobs, poll_interval_s=settings.poll_interval_s,
+                      lease_s=settings.lease_s)
 
 
 def run_api(settings: Settings, workers: int = 1) -> None:

@@ -3,7 +3,8 @@
 Runs each example's folds in this process, as the service's fold tasks would (packed
 when the spec says pack_folds), and prints mean ± standard deviation of the test
 metrics per example. The speed work must not cost accuracy: every digits example
-should reach a mean test accuracy of at least 0.95.
+must reach a mean test accuracy of at least 0.95, and the script exits with status 1,
+naming the examples, when one does not.
 
     python bench/example_accuracy.py [examples/digits-sgd.json ...]
 
@@ -25,22 +26,26 @@ sys.path.insert(0, str(ROOT))
 from services.datasets import load_dataset  # noqa: E402
 from services.results import summarize  # noqa: E402
 from services.spec import JobSpec  # noqa: E402
-from services.splits import fold_rows, make_groups  # noqa: E402
-from workers.fold import FoldPlan, run_fold, run_packed_folds  # noqa: E402
+from services.splits import fold_plans  # noqa: E402
+from workers.task import train_folds  # noqa: E402
+
+TARGET_ACCURACY = 0.95  # every digits example's mean test accuracy
 
 
 def cross_validate(spec: JobSpec) -> list[dict]:
     data = load_dataset(spec.dataset)
-    groups = make_groups(data.strata(), spec.cv.folds, seed=spec.cv.seed, stratify=spec.cv.stratify)
-    plans = [FoldPlan(i, *fold_rows(groups, i)) for i in range(spec.cv.folds)]
-    job, cpu = spec.model_dump(mode="json"), torch.device("cpu")
-    if spec.pack_folds:
-        outcomes = run_packed_folds(data.x, data.y, data.info, plans, job, device=cpu,
-                                    report=lambda i, r: None)
-    else:
-        outcomes = [run_fold(data.x, data.y, data.info, p, job, device=cpu, report=lambda r: None)
-                    for p in plans]
-    return [o.test_metrics for o in outcomes]
+    plans = fold_plans(data.strata(), spec.cv)
+    results = train_folds(data.x, data.y, data.info, plans, spec.training_config(),
+                          device=torch.device("cpu"))
+    failed = [r.error for r in results if r.status != "succeeded"]
+    if failed:
+        raise RuntimeError(f"{spec.name}: {failed}")
+    return [r.test_metrics for r in results]
+
+
+def below_target(results: dict[str, dict]) -> list[str]:
+    return [name for name, result in results.items() if name.startswith("digits")
+            and result["test_accuracy_mean"] < TARGET_ACCURACY]
 
 
 def main() -> None:
@@ -58,6 +63,10 @@ def main() -> None:
         print(f"{path.name:<28} {seconds:>8.1f}  {shown}", flush=True)
         results[path.name] = {"seconds": seconds, **summary}
     write_results("example_accuracy", results)
+    if missed := below_target(results):
+        print(f"below the {TARGET_ACCURACY} target: {', '.join(missed)}")
+        sys.exit(1)
+    print(f"every digits example reached a mean test accuracy of {TARGET_ACCURACY} or more")
 
 
 if __name__ == "__main__":

@@ -31,20 +31,21 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from workers.config import AdamConfig, MLPConfig  # noqa: E402
 from workers.early_stopping import EarlyStopping  # noqa: E402
 from workers.graphed import step_graph  # noqa: E402
 from workers.models import build_model  # noqa: E402
 from workers.optimizers import build_optimizer  # noqa: E402
-from workers.packed_model import PackedMLP  # noqa: E402
-from workers.packed_optimizer import PackedOptimizer  # noqa: E402
-from workers.packed_training import (PackedFold, Stack, packed_step,  # noqa: E402
+from workers.packed.model import PackedMLP  # noqa: E402
+from workers.packed.optimizer import PackedOptimizer  # noqa: E402
+from workers.packed.training import (PackedFold, Stack, packed_step,  # noqa: E402
                                      train_one_packed_epoch)
 from workers.tasks import Classification  # noqa: E402
 from workers.training import LossAverage, Split, train_one_epoch  # noqa: E402
 
 FEATURES, CLASSES = 64, 10
-MODEL = {"type": "mlp", "hidden": [256, 256], "batch_norm": True, "dropout": 0.2}
-ADAM = {"name": "adam", "lr": 1e-3, "beta1": 0.9, "beta2": 0.98, "eps": 1e-8}
+MODEL = MLPConfig(hidden=(256, 256), batch_norm=True, dropout=0.2)
+ADAM = AdamConfig(lr=1e-3, beta1=0.9, beta2=0.98, eps=1e-8, bias_correction=True)
 STEPS_PER_CORE_EPOCH = 200  # the core is timed over epochs of this many steps
 
 
@@ -66,12 +67,12 @@ def plain_model(device):
     """The same network and initial weights from textbook parts, as a user would write it."""
     torch.manual_seed(0)
     width, layers = FEATURES, []
-    for size in MODEL["hidden"]:
+    for size in MODEL.hidden:
         layers += [nn.Linear(width, size, bias=False), nn.BatchNorm1d(size), nn.ReLU(),
-                   nn.Dropout(MODEL["dropout"])]
+                   nn.Dropout(MODEL.dropout)]
         width = size
     model = nn.Sequential(*layers, nn.Linear(width, CLASSES)).to(device)
-    return model, torch.optim.Adam(model.parameters(), ADAM["lr"], betas=(ADAM["beta1"], ADAM["beta2"]))
+    return model, torch.optim.Adam(model.parameters(), ADAM.lr, betas=(ADAM.beta1, ADAM.beta2))
 
 
 def sync(device) -> None:
@@ -150,7 +151,7 @@ def core_loop(x, y, batch, device, seconds):
 def graphed_loop(x, y, batch, device, seconds):
     """The tight loop with forward, backward and Adam captured in one CUDA graph."""
     model, _ = plain_model(device)
-    optimizer = torch.optim.Adam(model.parameters(), ADAM["lr"], betas=(ADAM["beta1"], ADAM["beta2"]),
+    optimizer = torch.optim.Adam(model.parameters(), ADAM.lr, betas=(ADAM.beta1, ADAM.beta2),
                                  capturable=True)
     xd, yd = x.to(device), y.to(device)
     steps = min(STEPS_PER_CORE_EPOCH, len(yd) // batch)
@@ -192,7 +193,8 @@ def packed_loop(x, y, batch, device, seconds, k=5):
     model = PackedMLP(models).to(device)
     optimizer = PackedOptimizer(model.parameters(), ADAM, k)
     task = Classification(CLASSES)
-    folds = [PackedFold(i, i, task, EarlyStopping(), LossAverage(0.9)) for i in range(k)]
+    folds = [PackedFold(i, i, task, EarlyStopping(monitor="val_loss", patience=10, min_delta=0.0),
+                        LossAverage(0.9)) for i in range(k)]
     data = Stack.of([Split(x[i * rows:(i + 1) * rows].to(device), y[i * rows:(i + 1) * rows].to(device))
                      for i in range(k)])
 
@@ -207,7 +209,7 @@ def packed_loop(x, y, batch, device, seconds, k=5):
 def gemm_ceiling(x, y, batch, device, seconds):
     """Only the network's matrix multiplies, forward and backward, on one fixed batch."""
     torch.manual_seed(0)
-    widths = [FEATURES, *MODEL["hidden"], CLASSES]
+    widths = [FEATURES, *MODEL.hidden, CLASSES]
     weights = [torch.randn(a, b, device=device, requires_grad=True) for a, b in zip(widths, widths[1:])]
     xb = x[:batch].to(device)
 

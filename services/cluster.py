@@ -1,32 +1,65 @@
-"""Ray, and the only module that talks to its scheduling API.
+"""Ray, and the only module that talks to it. Three parts, marked below:
 
-Each fold runs as one Ray task with the job's CPU and GPU share. Workers hold no
-database credentials: they report progress to a ProgressBoard actor, which the
-dispatcher reads (and acknowledges once stored), and return their outcome as the task's result.
+- What runs inside a Ray worker, on a GPU (or CPU) node: `fold_task`, which only adapts
+  workers.task.run_task (the fold task itself: data, training, reports) to Ray, and
+  BoardClient, the task's link to the progress board.
+- The ProgressBoard, a detached actor: progress events and epoch checkpoints per job.
+- What runs in the dispatcher: Cluster, which starts fold tasks with the job's CPU and
+  GPU share, reads progress and collects each fold's FoldResult.
+
+Workers hold no database credentials: they report progress to the board, which the
+dispatcher reads (and acknowledges once stored), and return their results through Ray.
 """
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import time
-from dataclasses import dataclass
 
 import numpy as np
 import ray
-import torch
 
-from workers.checkpointing import checkpoint_epoch
-from workers.fold import DataInfo, FoldOutcome, FoldPlan, run_fold, run_packed_folds
-from workers.training import EpochReport
+from workers.config import TrainingConfig
+from workers.events import ProgressEvent
+from workers.plans import DataInfo, FoldPlan
+from workers.results import FoldResult
+from workers.task import run_task
 
 log = logging.getLogger(__name__)
 
-
 BOARD_NAME, NAMESPACE = "crossfold-board", "crossfold"
-PACK = -1  # the checkpoint key of a packed task (it holds all of a job's folds)
 
 
+# -- Runs inside a Ray worker (a GPU or CPU node) ------------------------------------
+@ray.remote
+def fold_task(data: tuple[np.ndarray, np.ndarray, DataInfo], plans: list[FoldPlan],
+              config: TrainingConfig, job_id: str, board) -> list[FoldResult]:
+    """One fold, or all of a job's folds when packed: workers.task does the work."""
+    return run_task(data, plans, config, job_id=job_id, board=BoardClient(board, job_id),
+                    gpu_assigned=bool(ray.get_gpu_ids()))
+
+
+class BoardClient:
+    """workers.task.Board over the board actor, for one job's task."""
+
+    def __init__(self, board, job_id: str):
+        self.board, self.job_id, self.last = board, job_id, None
+
+    def report(self, event: ProgressEvent) -> None:
+        self.last = self.board.report.remote(event)
+
+    def save_checkpoint(self, key: int, data: bytes) -> None:
+        self.board.save_checkpoint.remote(self.job_id, key, data)
+
+    def checkpoint(self, key: int) -> bytes | None:
+        return ray.get(self.board.checkpoint.remote(self.job_id, key))
+
+    def flush(self) -> None:
+        # Calls from one caller to an actor run in order: once the last report is in,
+        # every earlier one is too.
+        if self.last is not None:
+            ray.get(self.last)
+
+
+# -- The progress board: a detached actor of its own ---------------------------------
 @ray.remote(num_cpus=0)
 class ProgressBoard:
     """Progress events and the latest epoch checkpoint of every fold, per job.
@@ -36,11 +69,11 @@ class ProgressBoard:
     """
 
     def __init__(self) -> None:
-        self.events: dict[str, list[dict]] = {}
+        self.events: dict[str, list[ProgressEvent]] = {}
         self.checkpoints: dict[tuple[str, int], bytes] = {}
 
-    def report(self, event: dict) -> None:
-        self.events.setdefault(event["job_id"], []).append(event)
+    def report(self, event: ProgressEvent) -> None:
+        self.events.setdefault(event.job_id, []).append(event)
 
     def save_checkpoint(self, job_id: str, fold: int, data: bytes) -> None:
         self.checkpoints[(job_id, fold)] = data
@@ -48,7 +81,7 @@ class ProgressBoard:
     def checkpoint(self, job_id: str, fold: int) -> bytes | None:
         return self.checkpoints.get((job_id, fold))
 
-    def pending(self, job_ids: list[str]) -> dict[str, list[dict]]:
+    def pending(self, job_ids: list[str]) -> dict[str, list[ProgressEvent]]:
         """The events of these jobs not yet acknowledged, oldest first (other
         dispatchers' jobs stay for them)."""
         return {job_id: list(self.events[job_id]) for job_id in job_ids if self.events.get(job_id)}
@@ -67,84 +100,7 @@ class ProgressBoard:
             del self.checkpoints[key]
 
 
-class Reporter:
-    """Sends a fold task's events and checkpoints to the board."""
-
-    def __init__(self, board, job_id: str):
-        self.board, self.job_id, self.last = board, job_id, None
-
-    def send(self, fold: int, kind: str, **fields) -> None:
-        self.last = self.board.report.remote({"job_id": self.job_id, "fold": fold, "kind": kind,
-                                              **fields})
-
-    def epoch(self, fold: int, report: EpochReport) -> None:
-        # Stamped here, once: an event stored twice (a dispatcher failed between storing
-        # and acknowledging it) is then the same MLflow metric, which MLflow keeps once.
-        self.send(fold, "epoch", time_ms=int(time.time() * 1000), **vars(report))
-
-    def checkpoint(self, fold: int, data: bytes) -> None:
-        self.board.save_checkpoint.remote(self.job_id, fold, data)
-
-    def resume_point(self, fold: int) -> bytes | None:
-        return ray.get(self.board.checkpoint.remote(self.job_id, fold))
-
-    def flush(self) -> None:
-        # Calls from one caller to an actor run in order: once the last report is in,
-        # every earlier one is too, so the dispatcher sees all epochs before the result.
-        ray.get(self.last)
-
-
-def task_device(job: dict) -> torch.device:
-    torch.set_num_threads(max(1, int(job["resources"]["cpus_per_fold"])))  # the task's CPU share
-    use_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
-    return torch.device("cuda" if use_gpu else "cpu")
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-@ray.remote
-def fold_task(data: tuple[np.ndarray, np.ndarray, DataInfo], plan: FoldPlan, job: dict,
-              job_id: str, board) -> FoldOutcome:
-    device, reporter = task_device(job), Reporter(board, job_id)
-    resume_from = reporter.resume_point(plan.index)  # set when this is a retry
-    reporter.send(plan.index, "started", device=str(device), worker=worker_name(),
-                  resumed_after_epoch=checkpoint_epoch(resume_from) if resume_from else 0)
-    x, y, info = data
-    outcome = run_fold(x, y, info, plan, job, device=device,
-                       report=lambda epoch: reporter.epoch(plan.index, epoch),
-                       checkpoint=lambda snapshot: reporter.checkpoint(plan.index, snapshot),
-                       resume_from=resume_from)
-    reporter.flush()
-    return outcome
-
-
-@ray.remote
-def packed_task(data: tuple[np.ndarray, np.ndarray, DataInfo], plans: list[FoldPlan], job: dict,
-                job_id: str, board) -> list[FoldOutcome | str]:
-    """All folds of a job in one task, as one stacked model (pack_folds)."""
-    device, reporter = task_device(job), Reporter(board, job_id)
-    resume_from = reporter.resume_point(PACK)  # set when this is a retry
-    for plan in plans:
-        reporter.send(plan.index, "started", device=str(device), worker=worker_name(),
-                      resumed_after_epoch=checkpoint_epoch(resume_from) if resume_from else 0)
-    x, y, info = data
-    outcomes = run_packed_folds(x, y, info, plans, job, device=device, report=reporter.epoch,
-                                checkpoint=lambda snapshot: reporter.checkpoint(PACK, snapshot),
-                                resume_from=resume_from)
-    reporter.flush()
-    return outcomes
-
-
-@dataclass
-class FoldResult:
-    """What became of a fold task: an outcome, or an error, or a cancellation."""
-    outcome: FoldOutcome | None = None
-    error: str | None = None
-    cancelled: bool = False
-
-
+# -- Runs in the dispatcher -------------------------------------------------------
 class Cluster:
     def __init__(self, *, address: str = "", max_retries: int = 2):
         if not ray.is_initialized():
@@ -158,22 +114,19 @@ class Cluster:
         """Store a job's data once in the object store; every fold task reads that copy."""
         return ray.put(value)
 
-    def submit(self, data: ray.ObjectRef, plans: list[FoldPlan], job: dict, job_id: str
+    def submit(self, data: ray.ObjectRef, plans: list[FoldPlan], config: TrainingConfig, job_id: str
                ) -> dict[ray.ObjectRef, list[int]]:
         """Start a job's folds: one task per fold, or one task for all when packed.
         Returns each task and the fold indices it runs."""
-        resources = job["resources"]
         # max_retries re-runs a task whose worker process died; an exception raised by
         # the training itself is not retried.
-        options = {"num_cpus": resources["cpus_per_fold"], "num_gpus": resources["gpus_per_fold"],
-                   "max_retries": self.max_retries}
-        if job.get("pack_folds"):
-            ref = packed_task.options(**options).remote(data, plans, job, job_id, self.board)
-            return {ref: [plan.index for plan in plans]}
-        return {fold_task.options(**options).remote(data, plan, job, job_id, self.board): [plan.index]
-                for plan in plans}
+        options = {"num_cpus": config.resources.cpus_per_fold,
+                   "num_gpus": config.resources.gpus_per_fold, "max_retries": self.max_retries}
+        groups = [plans] if config.pack_folds else [[plan] for plan in plans]
+        return {fold_task.options(**options).remote(data, group, config, job_id, self.board):
+                [plan.index for plan in group] for group in groups}
 
-    def pending_progress(self, job_ids: list[str]) -> dict[str, list[dict]]:
+    def pending_progress(self, job_ids: list[str]) -> dict[str, list[ProgressEvent]]:
         return ray.get(self.board.pending.remote(job_ids)) if job_ids else {}
 
     def acknowledge_progress(self, counts: dict[str, int]) -> None:
@@ -186,20 +139,17 @@ class Cluster:
         done, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
         return done
 
-    def results(self, ref: ray.ObjectRef, indices: list[int]) -> dict[int, FoldResult]:
+    def results(self, ref: ray.ObjectRef, indices: list[int]) -> list[FoldResult]:
         """What became of each fold a finished task ran."""
         try:
-            value = ray.get(ref)
+            return ray.get(ref)
         except ray.exceptions.TaskCancelledError:
-            return {i: FoldResult(cancelled=True) for i in indices}
+            return [FoldResult.cancelled(i) for i in indices]
         except ray.exceptions.RayTaskError as error:
             cause = error.cause if getattr(error, "cause", None) is not None else error
-            return {i: FoldResult(error=f"{type(cause).__name__}: {cause}") for i in indices}
+            return [FoldResult.failed(i, f"{type(cause).__name__}: {cause}") for i in indices]
         except ray.exceptions.RayError as error:
-            return {i: FoldResult(error=f"{type(error).__name__}: {error}") for i in indices}
-        outcomes = value if isinstance(value, list) else [value]
-        return {i: FoldResult(error=o) if isinstance(o, str) else FoldResult(outcome=o)
-                for i, o in zip(indices, outcomes)}
+            return [FoldResult.failed(i, f"{type(error).__name__}: {error}") for i in indices]
 
     def cancel(self, ref: ray.ObjectRef) -> None:
         ray.cancel(ref, force=True)

@@ -1,6 +1,7 @@
 """Built-in datasets, all from scikit-learn's bundled files or generated: nothing is downloaded."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -43,13 +44,30 @@ class Dataset:
         return int(np.bincount(self.strata()).min())
 
 
-def describe(spec: DatasetSpec) -> tuple[DataInfo, int]:
-    """What a dataset is and the size of its smallest stratum, without generating a
-    synthetic one (submissions are checked with this: it must stay cheap)."""
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What is true of a dataset, known without generating a synthetic one: submissions
+    are checked with it (it must stay cheap) and jobs record it."""
+    info: DataInfo
+    rows: int
+    smallest_stratum: int
+
+    def params(self) -> dict[str, str]:
+        """As flat `dataset.*` params, beside the spec's (same keys, same values)."""
+        facts = {"dataset.task": self.info.task, "dataset.rows": self.rows,
+                 "dataset.features": math.prod(self.info.input_shape)}
+        if self.info.task == "classification":
+            facts["dataset.classes"] = self.info.n_classes
+        return {key: str(value) for key, value in facts.items()}
+
+
+def describe(spec: DatasetSpec) -> DatasetFacts:
     if spec.name == "synthetic":
-        return DataInfo("classification", (spec.features,), spec.classes), spec.rows // spec.classes
+        info = DataInfo("classification", (spec.features,), spec.classes)
+        return DatasetFacts(info, spec.rows, spec.rows // spec.classes)
     if spec.name == "synthetic_regression":
-        return DataInfo("regression", (spec.features,)), spec.rows // STRATA_FOR_REGRESSION
+        info = DataInfo("regression", (spec.features,))
+        return DatasetFacts(info, spec.rows, spec.rows // STRATA_FOR_REGRESSION)
     return describe_bundled(spec.name)
 
 
@@ -60,9 +78,9 @@ def describe_every_bundled_dataset() -> None:
 
 
 @lru_cache(maxsize=None)
-def describe_bundled(name: str) -> tuple[DataInfo, int]:
+def describe_bundled(name: str) -> DatasetFacts:
     data = load_dataset(DatasetSpec(name=name))
-    return data.info, data.smallest_stratum()
+    return DatasetFacts(data.info, len(data.y), data.smallest_stratum())
 
 
 def load_dataset(spec: DatasetSpec) -> Dataset:

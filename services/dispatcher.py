@@ -16,17 +16,18 @@ from dataclasses import dataclass, field
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.cluster import Cluster, FoldResult
-from services.datasets import load_dataset
+from services.cluster import Cluster
+from services.datasets import describe, load_dataset
 from services.lifecycle import (adopt_orphaned_job, claim_next_job, hold_leases, move_fold, move_job,
                                 renew_leases)
 from services.models import Fold, Job
 from services.results import fold_table, summarize
 from services.spec import JobSpec, flatten
-from services.splits import fold_rows, make_groups
+from services.splits import fold_plans
 from services.states import FINISHED_FOLD, FoldStatus, JobStatus
 from services.tracking import Tracker
-from workers.fold import FoldPlan
+from workers.events import EpochEnded, FoldStarted, ProgressEvent
+from workers.results import FoldResult
 
 log = logging.getLogger(__name__)
 
@@ -110,19 +111,19 @@ class Dispatcher:
         if job.mlflow_run_id is None:  # new, or adopted from a dispatcher that died before
             self.create_runs(session, job, spec)
         self.active[job.id] = ActiveJob(job.id)
-        unfinished = [fold for fold in job.folds if fold.status not in FINISHED_FOLD]
+        unfinished = [fold.index for fold in job.folds if fold.status not in FINISHED_FOLD]
         if unfinished and not job.cancel_requested:
             dataset = load_dataset(spec.dataset)
-            groups = make_groups(dataset.strata(), spec.cv.folds, seed=spec.cv.seed,
-                                 stratify=spec.cv.stratify)
             data = self.cluster.put((dataset.x, dataset.y, dataset.info))
-            plans = [FoldPlan(fold.index, *fold_rows(groups, fold.index)) for fold in unfinished]
-            self.active[job.id].tasks = self.cluster.submit(data, plans, job.spec, job.id)
+            plans = fold_plans(dataset.strata(), spec.cv, unfinished)
+            self.active[job.id].tasks = self.cluster.submit(data, plans, spec.training_config(), job.id)
         log.info("job %s %s: %d folds to run", job.id, "adopted" if adopted else "started", len(unfinished))
 
     def create_runs(self, session: Session, job: Job, spec: JobSpec) -> None:
+        # The spec's params, and what is true of its dataset (digits: 1,797 rows, 64 features).
+        params = {**flatten(spec), **describe(spec.dataset).params()}
         experiment, parent, children = self.tracker.start_job(
-            job_id=job.id, name=job.name, params=flatten(spec), n_folds=spec.cv.folds)
+            job_id=job.id, name=job.name, params=params, n_folds=spec.cv.folds)
         job.mlflow_experiment_id, job.mlflow_run_id = experiment, parent
         for fold, run_id in zip(job.folds, children):
             fold.mlflow_run_id = run_id
@@ -159,9 +160,9 @@ class Dispatcher:
             fold = self.fold_of(session, event)
             if fold is None or fold.status in FINISHED_FOLD:
                 continue  # a late event from a fold that has already ended
-            if event["kind"] == "started":
+            if isinstance(event, FoldStarted):
                 self.mark_started(fold, event)
-            elif event["kind"] == "epoch":
+            elif isinstance(event, EpochEnded):
                 self.record_epoch(fold, event)
         if pending:
             session.commit()
@@ -170,34 +171,35 @@ class Dispatcher:
             self.cluster.acknowledge_progress({job_id: len(events) for job_id, events in pending.items()})
 
     @staticmethod
-    def fold_of(session: Session, event: dict) -> Fold | None:
-        return session.scalar(select(Fold).where(Fold.job_id == event["job_id"],
-                                                 Fold.index == event["fold"]))
+    def fold_of(session: Session, event: ProgressEvent) -> Fold | None:
+        return session.scalar(select(Fold).where(Fold.job_id == event.job_id, Fold.index == event.fold))
 
-    def mark_started(self, fold: Fold, event: dict) -> None:
-        if fold.status is FoldStatus.RUNNING and fold.worker == event.get("worker"):
+    def mark_started(self, fold: Fold, event: FoldStarted) -> None:
+        if fold.status is FoldStatus.RUNNING and fold.worker == event.worker:
             return  # this attempt's start, already recorded
         if fold.status is FoldStatus.RUNNING:
             # Started again: its worker died and Ray retried the task.
             move_fold(fold, FoldStatus.PENDING)
         move_fold(fold, FoldStatus.RUNNING)
-        fold.worker = event.get("worker")
+        fold.worker = event.worker
         if fold.attempts > 1:
             self.tracker.tag(fold.mlflow_run_id, f"crossfold.attempt_{fold.attempts}_resumed_after_epoch",
-                             str(event.get("resumed_after_epoch", 0)))
+                             str(event.resumed_after_epoch))
 
-    def record_epoch(self, fold: Fold, event: dict) -> None:
+    def record_epoch(self, fold: Fold, event: EpochEnded) -> None:
         if fold.status is FoldStatus.PENDING:
             move_fold(fold, FoldStatus.RUNNING)
-        if event["epoch"] <= fold.epoch:
+        if event.epoch <= fold.epoch:
             # A retried fold re-ran an epoch already recorded (it had passed its last
             # checkpoint when its worker died): keep the first record, log no duplicate.
             return
-        metrics = event["metrics"]
-        fold.epoch = event["epoch"]
+        metrics = event.metrics
+        fold.epoch = event.epoch
         fold.train_loss, fold.val_loss = metrics["train_loss"], metrics["val_loss"]
         fold.val_accuracy = metrics.get("val_accuracy")  # None for regression
-        self.tracker.log_epoch(fold.mlflow_run_id, event["epoch"], metrics, event.get("time_ms"))
+        if event.best_epoch == event.epoch:  # the best so far: shown beside the latest
+            record_best(fold, event.epoch, metrics)
+        self.tracker.log_epoch(fold.mlflow_run_id, event.epoch, metrics, event.time_ms)
 
     # -- results -------------------------------------------------------------------
     def finished_tasks(self) -> dict[str, list]:
@@ -208,10 +210,10 @@ class Dispatcher:
         for job_id, refs in finished.items():
             active = self.active[job_id]
             for ref in refs:
-                for index, result in self.cluster.results(ref, active.tasks[ref]).items():
-                    if active.cancelling and result.outcome is None:
-                        result = FoldResult(cancelled=True)  # killed by us, whatever Ray calls it
-                    self.finish_fold(session, active.job_id, index, result)
+                for result in self.cluster.results(ref, active.tasks[ref]):
+                    if active.cancelling and result.status != "succeeded":
+                        result = FoldResult.cancelled(result.index)  # killed by us, whatever Ray says
+                    self.finish_fold(session, active.job_id, result)
             session.commit()
             # Only now, with the results stored: should anything above fail, the next
             # tick collects these tasks again.
@@ -220,23 +222,23 @@ class Dispatcher:
             if not active.tasks:
                 self.finish_job(session, active.job_id)
 
-    def finish_fold(self, session: Session, job_id: str, index: int, result: FoldResult) -> None:
-        fold = session.scalar(select(Fold).where(Fold.job_id == job_id, Fold.index == index))
+    def finish_fold(self, session: Session, job_id: str, result: FoldResult) -> None:
+        fold = session.scalar(select(Fold).where(Fold.job_id == job_id, Fold.index == result.index))
         if fold.status in FINISHED_FOLD:
             return
-        if result.cancelled:
+        if result.status == "cancelled":
             move_fold(fold, FoldStatus.CANCELLED)
             self.tracker.finish_fold(fold.mlflow_run_id, status="cancelled")
             return
         if fold.status is FoldStatus.PENDING:
             move_fold(fold, FoldStatus.RUNNING)  # it ended before its start was reported
-        if result.outcome is not None:
-            fold.best_epoch = result.outcome.best_epoch
-            fold.test_metrics = result.outcome.test_metrics
+        if result.status == "succeeded":
+            record_best(fold, result.best_epoch, result.best_metrics)
+            fold.test_metrics = result.test_metrics
             move_fold(fold, FoldStatus.SUCCEEDED)
             self.tracker.finish_fold(fold.mlflow_run_id, status="succeeded",
-                                     test_metrics=fold.test_metrics, best_epoch=fold.best_epoch,
-                                     checkpoint=result.outcome.checkpoint)
+                                     test_metrics=fold.test_metrics, best=best_of(fold),
+                                     checkpoint=result.checkpoint)
         else:
             fold.error = result.error
             move_fold(fold, FoldStatus.FAILED)
@@ -300,3 +302,17 @@ class Dispatcher:
                 self.cluster.cancel(ref)
             # The cancelled tasks come back through collect_results on the next
             # ticks, which then finish the job as cancelled.
+
+
+def record_best(fold: Fold, epoch: int, metrics: dict[str, float]) -> None:
+    """The best epoch's validation loss and accuracy, kept beside the latest ones."""
+    fold.best_epoch = epoch
+    fold.best_val_loss = metrics.get("val_loss")
+    fold.best_val_accuracy = metrics.get("val_accuracy")  # None for regression
+
+
+def best_of(fold: Fold) -> dict[str, float]:
+    """The best epoch's figures, as the fold's MLflow run records them."""
+    best = {"best_epoch": fold.best_epoch, "best_val_loss": fold.best_val_loss,
+            "best_val_accuracy": fold.best_val_accuracy}
+    return {name: value for name, value in best.items() if value is not None}

@@ -1,4 +1,5 @@
-"""The job store: create, read, list and cancel jobs (no HTTP here)."""
+"""The job store: read, list and cancel jobs (no HTTP here). Jobs are created by
+services.submissions, which stores the submissions that arrive together at once."""
 from __future__ import annotations
 
 from sqlalchemy import func, select
@@ -6,22 +7,8 @@ from sqlalchemy.orm import Session, selectinload
 
 from services.errors import JobAlreadyFinished, JobNotFound
 from services.lifecycle import cancel_if_queued
-from services.models import LOCAL_OWNER, Job
-from services.spec import JobSpec
+from services.models import Job
 from services.states import FINISHED_JOB, JobStatus
-from services.submissions import prepare, store
-
-
-def create_job(*, session: Session, spec: JobSpec, owner: str = LOCAL_OWNER,
-               idempotency_key: str | None = None) -> tuple[Job, bool]:
-    """Store a new queued job; (job, True). With an idempotency key already used by this
-    owner for the same spec: (that job, False); for another spec: IdempotencyConflict.
-    (The API stores many at once: services.submissions.)"""
-    outcome = store(session, [prepare(spec, owner, idempotency_key)])[0]
-    if isinstance(outcome, Exception):
-        raise outcome
-    job, created = outcome
-    return get_job(session=session, job_id=job.id), created  # one of this session's, to change
 
 
 def get_job(*, session: Session, job_id: str, owner: str | None = None) -> Job:

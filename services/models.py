@@ -91,11 +91,14 @@ class Fold(Base):
     index: Mapped[int] = mapped_column("fold_index", Integer)
     status: Mapped[FoldStatus] = mapped_column(_status(FoldStatus), default=FoldStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The latest epoch's figures, and the best epoch's (the one early stopping keeps).
     epoch: Mapped[int] = mapped_column(Integer, default=0)
     train_loss: Mapped[float | None] = mapped_column(Float)
     val_loss: Mapped[float | None] = mapped_column(Float)
     val_accuracy: Mapped[float | None] = mapped_column(Float)
     best_epoch: Mapped[int | None] = mapped_column(Integer)
+    best_val_loss: Mapped[float | None] = mapped_column(Float)
+    best_val_accuracy: Mapped[float | None] = mapped_column(Float)
     test_metrics: Mapped[dict | None] = mapped_column(JSON)
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
     worker: Mapped[str | None] = mapped_column(String(200))  # host:pid of its latest attempt

@@ -21,14 +21,17 @@ def summarize(fold_metrics: list[dict[str, float]]) -> dict[str, float]:
 
 
 def fold_table(folds) -> list[dict]:
-    """One row per fold: its index, status, best epoch and test metrics."""
+    """One row per fold: its index, status, best epoch with its validation figures, and
+    test metrics."""
     return [{"fold": f.index, "status": f.status.value, "best_epoch": f.best_epoch,
+             "best_val_loss": f.best_val_loss, "best_val_accuracy": f.best_val_accuracy,
              "epochs": f.epoch, **{f"test_{k}": v for k, v in (f.test_metrics or {}).items()}}
             for f in folds]
 
 
 def mlflow_link(ui_url: str, experiment_id: str | None, run_id: str | None) -> str | None:
-    """Where a person finds a run in the MLflow UI."""
+    """Where a person finds a run in the MLflow UI, in its model-training view (MLflow 3
+    opens the GenAI view unless told otherwise, by this query or a remembered choice)."""
     if not (experiment_id and run_id):
         return None
-    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     # dispatcher died) is adopted by another dispatcher.
     lease_s: float = Field(30.0, ge=1, le=3600)
     fold_max_retries: int = Field(2, ge=0, le=10)
+    # Jobs one dispatcher runs at once; the others wait in the queue.
+    max_active_jobs: int = Field(2, ge=1, le=1000)
 
     @field_validator("database_url")
     @classmethod

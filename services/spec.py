@@ -5,10 +5,14 @@ are refused, so a typo ("learning_rate") is an error instead of a silent default
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from dataclasses import fields
+from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo,
+                      field_validator, model_serializer, model_validator)
+
+from workers.config import (AdamConfig, CNNConfig, MLPConfig, MomentumConfig, ResourcesConfig,
+                            RMSpropConfig, SGDConfig, StoppingConfig, TrainingConfig)
 
 MAX_HIDDEN_LAYERS = 8
 MAX_LAYER_WIDTH = 4096
@@ -18,6 +22,12 @@ MAX_SYNTHETIC_CELLS = 50_000_000  # float32 cells of a generated dataset: 190 Mi
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    config_type: ClassVar[type | None] = None  # the section's counterpart in workers.config
+
+    def config(self):
+        """This section as the fold tasks get it: the same fields, frozen (lists as tuples)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self.config_type)}
+        return self.config_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 LearningRate = Annotated[float, Field(gt=0, le=10, description="α, > 0")]
@@ -27,12 +37,14 @@ Epsilon = Annotated[float, Field(gt=0, le=1)]
 
 class SGDSpec(StrictModel):
     """Plain mini-batch gradient descent: W -= α dW."""
+    config_type = SGDConfig
     name: Literal["sgd"]
     lr: LearningRate
 
 
 class MomentumSpec(StrictModel):
     """V = βV + (1-β)dW, W -= αV."""
+    config_type = MomentumConfig
     name: Literal["momentum"]
     lr: LearningRate
     beta: Beta = 0.9
@@ -40,6 +52,7 @@ class MomentumSpec(StrictModel):
 
 class RMSpropSpec(StrictModel):
     """S = βS + (1-β)dW², W -= α dW / (√S + ε)."""
+    config_type = RMSpropConfig
     name: Literal["rmsprop"]
     lr: LearningRate
     beta: Beta = 0.9
@@ -49,6 +62,7 @@ class RMSpropSpec(StrictModel):
 class AdamSpec(StrictModel):
     """Momentum and RMSprop combined; β2 = 0.98 as in the lecture. Bias correction as
     in Kingma and Ba, or off for the slide's uncorrected form."""
+    config_type = AdamConfig
     name: Literal["adam"]
     lr: LearningRate
     beta1: Beta = 0.9
@@ -66,6 +80,7 @@ Width = Annotated[int, Field(ge=1, le=MAX_LAYER_WIDTH)]
 
 class MLPSpec(StrictModel):
     """Dense layers, for tabular data."""
+    config_type = MLPConfig
     type: Literal["mlp"] = "mlp"
     hidden: list[Width] = Field(default_factory=lambda: [128, 64], min_length=1,
                                 max_length=MAX_HIDDEN_LAYERS)
@@ -75,6 +90,7 @@ class MLPSpec(StrictModel):
 
 class CNNSpec(StrictModel):
     """3×3 convolutions (one per entry of `channels`), then dense layers; image datasets only."""
+    config_type = CNNConfig
     type: Literal["cnn"]
     channels: list[Annotated[int, Field(ge=1, le=512)]] = Field(
         default_factory=lambda: [16, 32], min_length=1, max_length=4)
@@ -92,30 +108,63 @@ ModelSpec = Annotated[Union[Annotated[MLPSpec, Tag("mlp")], Annotated[CNNSpec, T
                       Discriminator(_model_type)]
 
 
+BUNDLED_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
+# What a generated dataset takes, with its defaults; a bundled dataset takes none of it.
+GENERATED_DATASETS = {"synthetic": {"rows": 1000, "features": 20, "classes": 2, "seed": 0},
+                      "synthetic_regression": {"rows": 1000, "features": 20, "seed": 0}}
+
+
 class DatasetSpec(StrictModel):
-    """A built-in dataset; the synthetic ones take their size from rows/features/classes.
-    diabetes and synthetic_regression are regression tasks, the others classification."""
+    """A bundled dataset by name ("digits" or {"name": "digits"}), or a generated one
+    whose size comes from rows, features, classes and seed. diabetes and
+    synthetic_regression are regression tasks, the others classification."""
     name: Literal["digits", "iris", "wine", "breast_cancer", "diabetes", "synthetic",
                   "synthetic_regression"]
-    rows: int = Field(1000, ge=30, le=2_000_000)
-    features: int = Field(20, ge=2, le=1000)
-    classes: int = Field(2, ge=2, le=100)
-    seed: int = Field(0, ge=0)
+    rows: int | None = Field(None, ge=30, le=2_000_000, description="generated datasets only (1000)")
+    features: int | None = Field(None, ge=2, le=1000, description="generated datasets only (20)")
+    classes: int | None = Field(None, ge=2, le=100, description="synthetic only (2)")
+    seed: int | None = Field(None, ge=0, description="generated datasets only (0)")
 
     @model_validator(mode="before")
     @classmethod
     def _from_name(cls, value):
         return {"name": value} if isinstance(value, str) else value
 
+    @field_validator("rows", "features", "classes", "seed")
+    @classmethod
+    def _only_what_the_dataset_takes(cls, value, info: ValidationInfo):
+        name = info.data.get("name")
+        if value is not None and name is not None and info.field_name not in GENERATED_DATASETS.get(name, {}):
+            kind = "a bundled dataset of fixed size" if name in BUNDLED_DATASETS else "a regression dataset"
+            raise ValueError(f"{name} is {kind}: it takes no {info.field_name}")
+        return value
+
     @model_validator(mode="after")
-    def _bounded_size(self):
-        if self.rows * self.features > MAX_SYNTHETIC_CELLS:
+    def _generated_size(self):
+        for field, default in GENERATED_DATASETS.get(self.name, {}).items():
+            if getattr(self, field) is None:
+                setattr(self, field, default)
+        if self.rows is not None and self.rows * self.features > MAX_SYNTHETIC_CELLS:
             raise ValueError(f"rows × features must be at most {MAX_SYNTHETIC_CELLS:,} "
                              f"(a {MAX_SYNTHETIC_CELLS * 4 // 2**20} MiB dataset)")
         return self
 
+    @model_serializer(mode="wrap")
+    def _only_what_applies(self, handler):
+        # A bundled dataset is its name: sizes that mean nothing for it are not shown.
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema, handler):
+        # The schema says what is accepted: a bundled dataset's name alone, or the object.
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        names = [*BUNDLED_DATASETS, *GENERATED_DATASETS]  # a generated one at its default size
+        return {"anyOf": [{"type": "string", "enum": names}, schema],
+                "title": "DatasetSpec", "description": schema.get("description", "")}
+
 
 class EarlyStoppingSpec(StrictModel):
+    config_type = StoppingConfig
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
     patience: int = Field(10, ge=1, le=1000)
     min_delta: float = Field(0.0, ge=0)
@@ -128,6 +177,7 @@ class CVSpec(StrictModel):
 
 
 class ResourcesSpec(StrictModel):
+    config_type = ResourcesConfig
     gpus_per_fold: float = Field(0, ge=0, le=8, description="fractions share a GPU")
     cpus_per_fold: float = Field(1, gt=0, le=64)
 
@@ -157,6 +207,16 @@ class JobSpec(StrictModel):
         if value == "full" or (type(value) is int and 1 <= value <= MAX_BATCH_SIZE):
             return value
         raise ValueError(f'must be an integer from 1 to {MAX_BATCH_SIZE:,} or "full"')
+
+    def training_config(self) -> TrainingConfig:
+        """What the fold tasks are told: this spec, typed and with its defaults filled in."""
+        return TrainingConfig(
+            model=self.model.config(), optimizer=self.optimizer.config(),
+            batch_size=None if self.batch_size == "full" else self.batch_size,
+            max_epochs=self.max_epochs, early_stopping=self.early_stopping.config(),
+            seed=self.cv.seed, loss_ewma_beta=self.loss_ewma_beta,
+            checkpoint_interval_s=self.checkpoint_interval_s, pack_folds=self.pack_folds,
+            resources=self.resources.config())
 
     @model_validator(mode="after")
     def _batch_norm_needs_two_samples(self):

@@ -6,7 +6,12 @@ trains on the other k-2 groups, so every row is tested exactly once.
 """
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
+
+from services.spec import CVSpec
+from workers.plans import FoldPlan
 
 
 def make_groups(y: np.ndarray, k: int, *, seed: int, stratify: bool = True) -> list[np.ndarray]:
@@ -33,3 +38,10 @@ def fold_rows(groups: list[np.ndarray], index: int) -> tuple[np.ndarray, np.ndar
     train = np.sort(np.concatenate([g for i, g in enumerate(groups)
                                     if i not in (index, (index + 1) % k)]))
     return train, val, test
+
+
+def fold_plans(strata: np.ndarray, cv: CVSpec, indices: Iterable[int] | None = None) -> list[FoldPlan]:
+    """The plans of folds `indices` (all by default): how a job's rows become its folds,
+    from the labels whose proportions every group keeps (Dataset.strata)."""
+    groups = make_groups(strata, cv.folds, seed=cv.seed, stratify=cv.stratify)
+    return [FoldPlan(i, *fold_rows(groups, i)) for i in (range(cv.folds) if indices is None else indices)]

@@ -124,7 +124,8 @@ def find_by_key(session: Session, owner: str, key: str) -> Job | None:
 
 def check_against_data(spec: JobSpec) -> None:
     """Rules that depend on the dataset itself, checked before anything is stored."""
-    info, smallest = describe(spec.dataset)
+    facts = describe(spec.dataset)
+    info, smallest = facts.info, facts.smallest_stratum
     if spec.cv.stratify and spec.cv.folds > smallest:
         raise InvalidJob("cv.folds", f"{spec.cv.folds} stratified folds need at least "
                          f"{spec.cv.folds} samples per class; the smallest class has {smallest}")

@@ -4,7 +4,8 @@ Layout: one experiment per job name; one parent run per job (flattened spec as
 params, job id as a tag, test_<metric>_mean/_std, a fold table); one nested child
 run per fold (per-epoch metrics at step = epoch, the best checkpoint, test metrics).
 Runs are created by the dispatcher before any fold starts, so a retried fold keeps
-logging into the same run.
+logging into the same run. Experiments are marked as model training: MLflow 3's UI
+otherwise opens them in its GenAI view (traces, evaluations), not the runs table.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from mlflow.tracking import MlflowClient
 
 PARAMS_PER_BATCH = 100  # MLflow's limit for one log_batch call
 END_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
+# The experiment tag MLflow 3 reads to choose between its GenAI and model-training views.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 class Tracker:
@@ -32,11 +35,15 @@ class Tracker:
         self.client.search_experiments(max_results=1)
 
     def experiment_id(self, name: str) -> str:
+        """The job name's experiment, created (or re-marked) as a model-training one."""
         found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            return found.experiment_id
-        location = (self.artifacts_dir / name).resolve().as_uri() if self.artifacts_dir else None
-        return self.client.create_experiment(name, artifact_location=location)
+        if found is None:
+            location = (self.artifacts_dir / name).resolve().as_uri() if self.artifacts_dir else None
+            return self.client.create_experiment(name, artifact_location=location,
+                                                  tags=dict([EXPERIMENT_KIND]))
+        if found.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # made by an older crossfold
+            self.client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
+        return found.experiment_id
 
     def start_job(self, *, job_id: str, name: str, params: dict[str, str],
                   n_folds: int) -> tuple[str, str, list[str]]:
@@ -47,8 +54,9 @@ class Tracker:
         items = [Param(k, v) for k, v in params.items()]
         for start in range(0, len(items), PARAMS_PER_BATCH):
             self.client.log_batch(parent, params=items[start:start + PARAMS_PER_BATCH])
+        # The index first: the folds stay apart in the runs table's narrow name column.
         children = [self.client.create_run(
-            experiment, run_name=f"{name}-fold-{i}",
+            experiment, run_name=f"{i} · fold of {name}",
             tags={"mlflow.parentRunId": parent, "crossfold.job_id": job_id,
                   "crossfold.fold": str(i)}).info.run_id for i in range(n_folds)]
         return experiment, parent, children
@@ -61,13 +69,13 @@ class Tracker:
         self.client.log_batch(run_id, metrics=[Metric(k, v, stamp, epoch) for k, v in metrics.items()])
 
     def finish_fold(self, run_id: str, *, status: str, test_metrics: dict[str, float] | None = None,
-                    best_epoch: int | None = None, checkpoint: bytes | None = None,
+                    best: dict[str, float] | None = None, checkpoint: bytes | None = None,
                     error: str | None = None) -> None:
+        """`best`: best_epoch and that epoch's best_val_loss / best_val_accuracy, named apart
+        from the per-epoch val_loss / val_accuracy (the latest epoch's)."""
         if checkpoint is not None:
             self._log_bytes(run_id, checkpoint, "checkpoint", "best.pt")
-        metrics = {f"test_{k}": v for k, v in (test_metrics or {}).items()}
-        if best_epoch is not None:
-            metrics["best_epoch"] = best_epoch
+        metrics = {**{f"test_{k}": v for k, v in (test_metrics or {}).items()}, **(best or {})}
         self.log_values(run_id, metrics)
         if error:
             self.client.log_batch(run_id, tags=[RunTag("crossfold.error", error[:5000])])

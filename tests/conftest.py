@@ -1,50 +1,20 @@
 """Shared fixtures: real databases (SQLite and PostgreSQL), one local Ray per session,
-real MLflow stores in temporary folders."""
+real MLflow stores in temporary folders, and the whole service (`stack`). Helpers that
+are not fixtures are in tests/helpers.py."""
 from __future__ import annotations
 
-import os
-import uuid
-from contextlib import contextmanager
+import threading
 from pathlib import Path
-from typing import Iterator
 
-import psycopg
+import httpx
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from api.main import create_app
 from services.database import make_engine, session_factory, upgrade_schema
 from services.settings import Settings
-
-POSTGRES_ADMIN = os.environ.get("CROSSFOLD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def postgres_available() -> bool:
-    try:
-        psycopg.connect(POSTGRES_ADMIN, connect_timeout=3).close()
-        return True
-    except psycopg.OperationalError:
-        return False
-
-
-@contextmanager
-def fresh_database(kind: str, folder: Path) -> Iterator[str]:
-    """A new, empty database of this kind; a PostgreSQL one is dropped afterwards."""
-    if kind == "sqlite":
-        yield f"sqlite:///{folder / 'jobs.db'}"
-        return
-    if not postgres_available():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI and is not reachable at {POSTGRES_ADMIN}")
-        pytest.skip("PostgreSQL not reachable")
-    name = f"crossfold_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+from tests.helpers import fresh_database, free_port, wait_for
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -87,11 +57,31 @@ def ray_session():
     ray.shutdown()
 
 
-def small_job(**overrides) -> dict:
-    """A job that trains in seconds: iris, 3 folds, a small MLP."""
-    spec = {"name": "iris-test", "dataset": "iris",
-            "model": {"type": "mlp", "hidden": [16], "batch_norm": True, "dropout": 0.1},
-            "optimizer": {"name": "adam", "lr": 0.01}, "batch_size": 16, "max_epochs": 15,
-            "early_stopping": {"patience": 5}, "cv": {"folds": 3, "seed": 0}}
-    spec.update(overrides)
-    return spec
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def stack(request, ray_session, tmp_path_factory):
+    """The whole service in this process: the HTTP API (real uvicorn) → the database → a
+    dispatcher → the session's Ray → an MLflow store. Yields (HTTP client, tracker)."""
+    from services.cluster import Cluster
+    from services.dispatcher import Dispatcher
+    from services.tracking import Tracker
+    folder = tmp_path_factory.mktemp(f"stack-{request.param}")
+    with fresh_database(request.param, folder) as url:
+        settings = Settings(data_dir=folder, database_url=url, api_port=free_port(),
+                            poll_interval_s=0.2)
+        engine = make_engine(url)
+        upgrade_schema(engine)
+        tracker = Tracker(tracking_uri=settings.resolved_tracking_uri(),
+                          artifacts_dir=settings.artifacts_dir())
+        dispatcher = Dispatcher(sessions=session_factory(engine), cluster=Cluster(),
+                                tracker=tracker, poll_interval_s=0.2)
+        stop = threading.Event()
+        threading.Thread(target=dispatcher.run_forever, args=(stop,), daemon=True).start()
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1",
+                                               port=settings.api_port, log_level="warning"))
+        threading.Thread(target=server.run, daemon=True).start()
+        wait_for(lambda: server.started, 30)
+        with httpx.Client(base_url=f"http://127.0.0.1:{settings.api_port}", timeout=30) as http:
+            yield http, tracker
+        server.should_exit = True
+        stop.set()
+        engine.dispose()

@@ -1,76 +1,16 @@
-"""Whole service: HTTP API (real uvicorn) → database → dispatcher → local Ray → MLflow.
-
-Runs once on SQLite and once on PostgreSQL, with the session's single Ray instance.
-"""
+"""Whole service: HTTP API (real uvicorn) → database → dispatcher → local Ray → MLflow
+(the `stack` fixture). Runs once on SQLite and once on PostgreSQL, with the session's
+single Ray instance."""
 from __future__ import annotations
 
 import json
-import socket
 import statistics
-import threading
 import time
 
-import httpx
 import pytest
-import uvicorn
 
 from api.cli import main as cli
-from api.main import create_app
-from services.cluster import Cluster
-from services.database import make_engine, session_factory, upgrade_schema
-from services.dispatcher import Dispatcher
-from services.settings import Settings
-from services.tracking import Tracker
-from tests.conftest import fresh_database, small_job
-
-FINISHED = {"succeeded", "failed", "cancelled"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def stack(request, ray_session, tmp_path_factory):
-    folder = tmp_path_factory.mktemp(f"stack-{request.param}")
-    with fresh_database(request.param, folder) as url:
-        settings = Settings(data_dir=folder, database_url=url, api_port=free_port(),
-                            poll_interval_s=0.2)
-        engine = make_engine(url)
-        upgrade_schema(engine)
-        tracker = Tracker(tracking_uri=settings.resolved_tracking_uri(),
-                          artifacts_dir=settings.artifacts_dir())
-        dispatcher = Dispatcher(sessions=session_factory(engine), cluster=Cluster(),
-                                tracker=tracker, poll_interval_s=0.2)
-        stop = threading.Event()
-        threading.Thread(target=dispatcher.run_forever, args=(stop,), daemon=True).start()
-        server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1",
-                                               port=settings.api_port, log_level="warning"))
-        threading.Thread(target=server.run, daemon=True).start()
-        base = f"http://127.0.0.1:{settings.api_port}"
-        wait_for(lambda: server.started, 30)
-        with httpx.Client(base_url=base, timeout=30) as http:
-            yield http, tracker
-        server.should_exit = True
-        stop.set()
-        engine.dispose()
-
-
-def wait_for(condition, timeout: float, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not true within {timeout} s")
-
-
-def wait_until_finished(http, job_id: str, timeout: float = 180) -> dict:
-    return wait_for(lambda: (job := http.get(f"/jobs/{job_id}").json())["status"] in FINISHED
-                    and job, timeout)
+from tests.helpers import small_job, wait_for, wait_until_finished
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["task-per-fold", "packed"])
@@ -87,7 +27,11 @@ def test_a_job_runs_its_folds_on_ray_and_lands_in_mlflow(stack, packed):
     assert job["summary"]["test_accuracy_mean"] == pytest.approx(statistics.fmean(accuracies))
     assert job["summary"]["test_accuracy_std"] == pytest.approx(statistics.stdev(accuracies))
     assert job["summary"]["test_accuracy_mean"] > 0.8
-    assert job["mlflow_url"].endswith(f"/runs/{job['mlflow_run_id']}")
+    # Links open MLflow's model-training view, not its GenAI one.
+    assert job["mlflow_url"].endswith(f"/runs/{job['mlflow_run_id']}?workflowType=machine_learning")
+    for fold in folds:  # the best epoch's figures, beside the latest epoch's
+        assert fold["best_val_loss"] is not None and fold["best_val_accuracy"] is not None
+        assert fold["mlflow_url"].endswith(f"/runs/{fold['mlflow_run_id']}?workflowType=machine_learning")
     check_mlflow(tracker.client, job)
 
 
@@ -97,11 +41,22 @@ def check_mlflow(client, job: dict) -> None:
     assert parent.data.tags["crossfold.job_id"] == job["id"]
     assert parent.data.params["optimizer.name"] == "adam" and parent.data.params["cv.folds"] == "3"
     assert parent.data.params["pack_folds"] == str(job["spec"]["pack_folds"])
+    experiment = client.get_experiment(job["mlflow_experiment_id"])
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # What is true of iris, and nothing that is not (no generated-size seed).
+    facts = {k: v for k, v in parent.data.params.items() if k.startswith("dataset.")}
+    assert facts == {"dataset.name": "iris", "dataset.task": "classification", "dataset.rows": "150",
+                     "dataset.features": "4", "dataset.classes": "3"}
     assert parent.data.metrics["test_accuracy_mean"] == pytest.approx(job["summary"]["test_accuracy_mean"])
     for fold in job["folds"]:
         run = client.get_run(fold["mlflow_run_id"])
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.run_name.startswith(f"{fold['index']} ")  # the index first
+        assert run.data.metrics["best_epoch"] == fold["best_epoch"]
+        assert run.data.metrics["best_val_loss"] == pytest.approx(fold["best_val_loss"])
+        best = client.get_metric_history(run.info.run_id, "val_loss")[fold["best_epoch"] - 1]
+        assert best.step == fold["best_epoch"] and best.value == pytest.approx(fold["best_val_loss"])
         for metric in ("train_loss", "train_loss_ewma", "val_loss", "val_accuracy", "val_f1"):
             steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
             assert steps == list(range(1, fold["epoch"] + 1)), metric  # every epoch, once, in order

@@ -11,8 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import small_job
-from tests.test_end_to_end import free_port, wait_for
+from tests.helpers import free_port, small_job, wait_for
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 A checkpoint holds everything the next epoch depends on: the model, the optimizer's
 state, early stopping's memory, the loss average, the shuffling generator, torch's
-global random state (dropout masks) and the epoch number.
+global random state (dropout masks) and the epoch number. A packed task's progress
+(workers.packed.checkpointing) has the same two methods, snapshot and restore.
 """
 from __future__ import annotations
 
@@ -25,8 +26,23 @@ class Progress:
     generator: torch.Generator
     epoch: int = 0
 
+    def snapshot(self) -> bytes:
+        return to_bytes({"epoch": self.epoch, "model": self.model.state_dict(),
+                         "optimizer": self.optimizer.state_dict(),
+                         **training_memory(self.stopper, self.average, self.generator),
+                         **random_state()})
 
-STOPPER_FIELDS = ("best_value", "best_epoch", "best_state", "epochs_without_improvement")
+    def restore(self, data: bytes) -> None:
+        """Put the fold back as it was at the end of the checkpointed epoch."""
+        state = from_bytes(data)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        restore_training_memory(state, self.stopper, self.average, self.generator)
+        restore_random_state(state)
+        self.epoch = state["epoch"]
+
+
+STOPPER_FIELDS = ("best_value", "best_epoch", "best_metrics", "best_state", "epochs_without_improvement")
 
 
 def training_memory(stopper: EarlyStopping, average, generator: torch.Generator) -> dict:
@@ -66,21 +82,9 @@ def from_bytes(data: bytes) -> dict:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
 
-def snapshot(progress: Progress) -> bytes:
-    return to_bytes({"epoch": progress.epoch, "model": progress.model.state_dict(),
-                     "optimizer": progress.optimizer.state_dict(),
-                     **training_memory(progress.stopper, progress.average, progress.generator),
-                     **random_state()})
-
-
-def restore(progress: Progress, data: bytes) -> None:
-    """Put a fold back as it was at the end of the checkpointed epoch."""
-    state = from_bytes(data)
-    progress.model.load_state_dict(state["model"])
-    progress.optimizer.load_state_dict(state["optimizer"])
-    restore_training_memory(state, progress.stopper, progress.average, progress.generator)
-    restore_random_state(state)
-    progress.epoch = state["epoch"]
+def weights_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    """A model's state_dict as a file that plain `torch.load(weights_only=True)` reads."""
+    return to_bytes({k: v.detach().cpu() for k, v in state.items()})
 
 
 def checkpoint_epoch(data: bytes) -> int:

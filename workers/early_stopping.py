@@ -16,12 +16,13 @@ class EarlyStopping:
     `min_delta`; after `patience` epochs without one, training should stop.
     """
 
-    def __init__(self, *, monitor: str = "val_loss", patience: int = 10, min_delta: float = 0.0):
+    def __init__(self, *, monitor: str, patience: int, min_delta: float):
         if monitor not in HIGHER_IS_BETTER:
             raise ValueError(f"cannot monitor {monitor!r}")
         self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
         self.best_value: float | None = None
         self.best_epoch = 0
+        self.best_metrics: dict[str, float] = {}  # the best epoch's, to show beside the latest
         self.best_state: dict | None = None
         self.epochs_without_improvement = 0
 
@@ -29,7 +30,7 @@ class EarlyStopping:
         """Record this epoch; return True when training should stop."""
         value = metrics[self.monitor]
         if self._improves(value):
-            self.best_value, self.best_epoch = value, epoch
+            self.best_value, self.best_epoch, self.best_metrics = value, epoch, dict(metrics)
             # A deep copy: the live tensors keep changing as training goes on.
             self.best_state = copy.deepcopy(model.state_dict())
             self.epochs_without_improvement = 0

@@ -1,4 +1,4 @@
-"""Models a job can ask for, built from the job's `model` section (a plain dict).
+"""Models a job can ask for, built from the job's model configuration.
 
 Both kinds have the lecture's two switches: batch normalization (normalize a layer's
 pre-activation by the mini-batch mean and variance, then scale by a learned γ and
@@ -14,25 +14,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.config import CNNConfig, MLPConfig, ModelConfig
 
-def build_model(config: dict, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
-    if config["type"] == "mlp":
-        return build_mlp(math.prod(input_shape), n_outputs, config["hidden"],
-                         batch_norm=config.get("batch_norm", False), dropout=config.get("dropout", 0.0))
-    if config["type"] == "cnn":
-        return build_cnn(input_shape, n_outputs, config["channels"], config["hidden"],
-                         batch_norm=config.get("batch_norm", False), dropout=config.get("dropout", 0.0))
-    raise ValueError(f"unknown model type {config['type']!r}")
+
+def build_model(config: ModelConfig, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
+    switches = {"batch_norm": config.batch_norm, "dropout": config.dropout}
+    if isinstance(config, MLPConfig):
+        return build_mlp(math.prod(input_shape), n_outputs, list(config.hidden), **switches)
+    if isinstance(config, CNNConfig):
+        return build_cnn(input_shape, n_outputs, list(config.channels), list(config.hidden), **switches)
+    raise ValueError(f"unknown model {config!r}")
 
 
 class Dropout(nn.Dropout):
     """Inverted dropout: in training each unit is kept with probability 1-p and scaled
     by 1/(1-p), so evaluation (where nothing is dropped) needs no rescaling.
 
-    On the CPU, torch's own dropout draws its mask with bernoulli_, which took 30% of a
-    training step of the reference MLP on 2 cores; one 31-bit random integer per unit
-    compared with p·2³¹ gives the same mask distribution (to 2⁻³¹) in a quarter of the
-    time. On other devices torch's fused kernel is already fast (and CUDA-graph safe).
+    On the CPU, torch's own dropout draws its mask with bernoulli_, a slow kernel there
+    that weighed heavily in a small MLP's step; one 31-bit random integer per unit
+    compared with p·2³¹ gives the same mask distribution (to 2⁻³¹) for less work. On
+    other devices torch's fused kernel is already fast (and CUDA-graph safe).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The lecture's optimizers, built from the job's `optimizer` section (a plain dict).
+"""The lecture's optimizers, built from the job's optimizer configuration.
 
 How the lecture's symbols map onto torch (α = lr):
 - sgd:      W -= α dW                                   → torch.optim.SGD(lr=α)
@@ -20,6 +20,9 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
+
+from workers.config import (AdamConfig, MomentumConfig, OptimizerConfig, RMSpropConfig,
+                            SGDConfig)
 
 
 class LectureOptimizer(torch.optim.Optimizer):
@@ -49,7 +52,7 @@ class LectureOptimizer(torch.optim.Optimizer):
 class LectureMomentum(LectureOptimizer):
     """Gradient descent with momentum exactly as the lecture writes it."""
 
-    def __init__(self, params: Iterable[torch.Tensor], lr: float, beta: float = 0.9):
+    def __init__(self, params: Iterable[torch.Tensor], lr: float, beta: float):
         super().__init__(params, {"lr": lr, "beta": beta})
 
     def update(self, group, params, grads):
@@ -62,8 +65,8 @@ class LectureMomentum(LectureOptimizer):
 class LectureAdam(LectureOptimizer):
     """Adam without bias correction: V and S start at 0 and are used as they are."""
 
-    def __init__(self, params: Iterable[torch.Tensor], lr: float, beta1: float = 0.9,
-                 beta2: float = 0.98, eps: float = 1e-8):
+    def __init__(self, params: Iterable[torch.Tensor], lr: float, beta1: float, beta2: float,
+                 eps: float):
         super().__init__(params, {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps})
 
     def update(self, group, params, grads):
@@ -78,27 +81,27 @@ class LectureAdam(LectureOptimizer):
         torch._foreach_addcdiv_(params, V, denominators, value=-group["lr"])
 
 
-def build_optimizer(params, config: dict) -> torch.optim.Optimizer:
+def build_optimizer(params, config: OptimizerConfig) -> torch.optim.Optimizer:
     params = list(params)
-    name, lr = config["name"], config["lr"]
     # On CUDA the training step may be captured in a graph (workers.graphed): Adam and
     # RMSprop then keep their step counts on the device.
     capturable = bool(params) and params[0].is_cuda
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, fused=True)
-    if name == "momentum":
-        return LectureMomentum(params, lr=lr, beta=config.get("beta", 0.9))
-    if name == "rmsprop":
-        return keeping_capturable(torch.optim.RMSprop(
-            params, lr=lr, alpha=config.get("beta", 0.9), eps=config.get("eps", 1e-8),
-            capturable=capturable))
-    if name == "adam":
-        beta1, beta2, eps = config.get("beta1", 0.9), config.get("beta2", 0.98), config.get("eps", 1e-8)
-        if not config.get("bias_correction", True):
-            return LectureAdam(params, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
-        return keeping_capturable(torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=eps,
-                                                   fused=True, capturable=capturable))
-    raise ValueError(f"unknown optimizer {name!r}")
+    match config:
+        case SGDConfig(lr=lr):
+            return torch.optim.SGD(params, lr=lr, fused=True)
+        case MomentumConfig(lr=lr, beta=beta):
+            return LectureMomentum(params, lr=lr, beta=beta)
+        case RMSpropConfig(lr=lr, beta=beta, eps=eps):
+            return keeping_capturable(torch.optim.RMSprop(params, lr=lr, alpha=beta, eps=eps,
+                                                          capturable=capturable))
+        case AdamConfig(bias_correction=False):
+            return LectureAdam(params, lr=config.lr, beta1=config.beta1, beta2=config.beta2,
+                               eps=config.eps)
+        case AdamConfig():
+            return keeping_capturable(torch.optim.Adam(
+                params, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
+                fused=True, capturable=capturable))
+    raise ValueError(f"unknown optimizer {config!r}")
 
 
 def keeping_capturable(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:

@@ -10,9 +10,7 @@ import torch.nn.functional as F
 
 
 class Classification:
-    name = "classification"
-    target_dtype = torch.int64
-    metric_names = ("loss", "accuracy", "f1")  # f1: macro-averaged over classes
+    """Cross-entropy; reports loss, accuracy and F1 macro-averaged over classes."""
 
     def __init__(self, n_classes: int):
         self.n_classes = n_classes
@@ -44,9 +42,6 @@ class Classification:
 class Regression:
     """Targets are standardized with the training rows' statistics; the loss (MSE) is in
     those standardized units, MAE in the target's own units, R² has none."""
-    name = "regression"
-    target_dtype = torch.float32
-    metric_names = ("loss", "mae", "r2")
     n_outputs = 1
 
     def __init__(self, target_scale: float = 1.0):

@@ -7,15 +7,16 @@ once per epoch (one host synchronisation), not once per step.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from workers.checkpointing import Progress, restore
+from workers.callbacks import Callbacks, EpochReport
+from workers.checkpointing import Progress, weights_bytes
 from workers.early_stopping import EarlyStopping
 from workers.graphed import StepGraph, step_graph
+from workers.results import FoldResult
 from workers.tasks import Classification, Regression
 
 EVAL_CHUNK = 8192  # rows per forward pass when evaluating; bounds the memory used
@@ -33,21 +34,6 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.y)
-
-
-@dataclass
-class EpochReport:
-    epoch: int
-    metrics: dict[str, float]  # train_loss, train_loss_ewma(_corrected), val_<metric>
-
-
-@dataclass
-class TrainResult:
-    best_epoch: int
-    epochs_run: int
-    test_metrics: dict[str, float]
-    best_state: dict
-    history: list[EpochReport] = field(default_factory=list)
 
 
 class LossAverage:
@@ -137,21 +123,21 @@ def check_finite(metrics: dict[str, float], epoch: int) -> None:
             raise TrainingDiverged(f"loss became {metrics[name]} at epoch {epoch} ({name})")
 
 
-def fit(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, *, train: Split,
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, *, index: int, train: Split,
         val: Split, test: Split, batch_size: int | None, max_epochs: int, stopper: EarlyStopping,
-        seed: int, ewma_beta: float = 0.9,
-        on_epoch_end: Callable[[EpochReport, Progress], None] = lambda report, progress: None,
-        resume_from: bytes | None = None) -> TrainResult:
-    """Train until early stopping, restore the best epoch's weights, then test them.
+        seed: int, ewma_beta: float, callbacks: Callbacks | None = None,
+        resume_from: bytes | None = None) -> FoldResult:
+    """Train fold `index` until early stopping, restore the best epoch's weights, then
+    test them. A loss that stops being finite fails the fold, with the epoch.
 
-    `on_epoch_end` gets each epoch's report and the training's Progress (to checkpoint
-    it); `resume_from`, such a checkpoint, continues after its epoch.
+    `callbacks` hears of every epoch and may checkpoint the training's Progress;
+    `resume_from`, such a checkpoint, continues after its epoch.
     """
+    callbacks = callbacks or Callbacks()
     progress = Progress(model, optimizer, stopper, LossAverage(ewma_beta),
                         torch.Generator().manual_seed(seed))
     if resume_from is not None:
-        restore(progress, resume_from)
-    history: list[EpochReport] = []
+        progress.restore(resume_from)
     stopped = progress.epoch > 0 and stopper.epochs_without_improvement >= stopper.patience
     # Captured after any restore: the graph holds the tensors it saw (a later
     # load_state_dict that replaced them would go unseen by its replays).
@@ -162,10 +148,13 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, *, train
         # The epoch's single host synchronisation: training loss and validation sums together.
         values = torch.cat([train_loss.reshape(1), evaluation_sums(model, task, val)]).tolist()
         metrics = epoch_metrics(task, values[0], values[1:], len(val), progress.average)
-        check_finite(metrics, progress.epoch)
-        history.append(EpochReport(progress.epoch, metrics))
+        try:
+            check_finite(metrics, progress.epoch)
+        except TrainingDiverged as error:
+            return FoldResult.failed(index, str(error), progress.epoch)
         stopped = stopper.on_epoch_end(progress.epoch, metrics, model)
-        on_epoch_end(history[-1], progress)
+        callbacks.epoch_ended(index, EpochReport(progress.epoch, metrics, stopper.best_epoch))
+        callbacks.after_epoch(progress)
     model.load_state_dict(stopper.best_state)
-    return TrainResult(stopper.best_epoch, progress.epoch, evaluate(model, task, test),
-                       stopper.best_state, history)
+    return FoldResult(index, "succeeded", stopper.best_epoch, progress.epoch, stopper.best_metrics,
+                      evaluate(model, task, test), weights_bytes(stopper.best_state))

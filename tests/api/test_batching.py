@@ -15,7 +15,7 @@ from services.database import make_engine, session_factory, upgrade_schema
 from services.models import Job
 from services.spec import JobSpec
 from services.submissions import prepare
-from tests.conftest import small_job
+from tests.helpers import small_job
 
 
 class CountingBatcher(SubmissionBatcher):

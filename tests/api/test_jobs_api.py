@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tests.conftest import small_job
+from tests.helpers import small_job
 
 
 def submit(client, **overrides):

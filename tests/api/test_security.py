@@ -13,7 +13,7 @@ from api.cli import main as cli
 from api.main import create_app
 from services.auth import create_key
 from services.models import ApiKey, Job
-from tests.conftest import small_job
+from tests.helpers import small_job
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def test_same_idempotency_key_and_body_returns_the_same_job(client):
 def served(app):
     """The app on a real uvicorn server on a free loopback port, for concurrent clients."""
     import uvicorn
-    from tests.test_end_to_end import free_port, wait_for
+    from tests.helpers import free_port, wait_for
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            limit_concurrency=500))

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from services.database import make_engine
-from tests.conftest import POSTGRES_ADMIN, fresh_database
+from tests.helpers import POSTGRES_ADMIN, fresh_database
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ def test_synthetic_follows_its_parameters_and_seed():
     DatasetSpec(name="digits"), DatasetSpec(name="diabetes")])
 def test_describe_agrees_with_the_generated_data(spec):
     from services.datasets import describe
-    info, smallest = describe(spec)
+    facts = describe(spec)
     data = load_dataset(spec)
-    assert info == data.info
-    assert smallest <= data.smallest_stratum() <= smallest + 1
+    assert facts.info == data.info and facts.rows == len(data.y) == len(data.x)
+    assert facts.smallest_stratum <= data.smallest_stratum() <= facts.smallest_stratum + 1

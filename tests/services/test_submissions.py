@@ -6,7 +6,7 @@ from services.errors import IdempotencyConflict
 from services.models import Fold, Job
 from services.spec import JobSpec
 from services.submissions import prepare, store
-from tests.conftest import small_job
+from tests.helpers import small_job
 
 
 def submission(key=None, **overrides):

@@ -32,13 +32,14 @@ def test_fold_run_gets_epochs_checkpoint_and_test_metrics(tracker):
     for epoch in (1, 2, 3):
         tracker.log_epoch(child, epoch, {"train_loss": 1.0 / epoch, "val_loss": 2.0 / epoch})
     tracker.finish_fold(child, status="succeeded", test_metrics={"accuracy": 0.9, "loss": 0.3},
-                        best_epoch=3, checkpoint=b"weights")
+                        best={"best_epoch": 3, "best_val_loss": 2.0 / 3}, checkpoint=b"weights")
     client = tracker.client
     history = client.get_metric_history(child, "val_loss")
     assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.0), (3, 2.0 / 3)]
     run = client.get_run(child)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test_accuracy"] == 0.9 and run.data.metrics["best_epoch"] == 3
+    assert run.data.metrics["best_val_loss"] == 2.0 / 3  # named apart from the latest val_loss
     assert [a.path for a in client.list_artifacts(child, "checkpoint")] == ["checkpoint/best.pt"]
 
 

@@ -5,16 +5,23 @@ import numpy as np
 import pytest
 import torch
 
+from dataclasses import replace
+
+from tests.workers.helpers import OPTIMIZER_VALUES, as_config, float64  # noqa: F401  (a fixture)
+from workers.config import MLPConfig
 from workers.graphed import StepGraph, state_put_back, step_graph
 from workers.models import build_model
 from workers.optimizers import build_optimizer
 from workers.tasks import Classification
 from workers.training import Split, train_one_epoch
-from tests.workers.test_optimizers import CONFIGS
-from tests.workers.test_packing import float64  # noqa: F401  (a fixture)
 
 TASK = Classification(3)
-MODEL = {"type": "mlp", "hidden": [16], "batch_norm": True, "dropout": 0.2}
+MODEL = MLPConfig((16,), batch_norm=True, dropout=0.2)
+CONFIGS = [as_config(values) for values in OPTIMIZER_VALUES]
+
+
+def config_id(config) -> str:
+    return f"{type(config).__name__}-{getattr(config, 'bias_correction', '')}"
 
 
 def data(rows=50, device="cpu", dtype=torch.float64):
@@ -28,7 +35,7 @@ def trained(config, device="cpu", use_graph=None, epochs=3, batch_size=16, dropo
     without capture) or "captured"."""
     torch.manual_seed(0)
     split = data(device=device, dtype=torch.float64 if device == "cpu" else torch.float32)
-    model = build_model({**MODEL, "dropout": dropout}, (4,), 3).to(split.x.dtype).to(device)
+    model = build_model(replace(MODEL, dropout=dropout), (4,), 3).to(split.x.dtype).to(device)
     optimizer = build_optimizer(model.parameters(), config)
     graph = None
     if use_graph == "eager-steps":
@@ -42,7 +49,7 @@ def trained(config, device="cpu", use_graph=None, epochs=3, batch_size=16, dropo
     return losses, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c['name']}-{c.get('bias_correction', '')}")
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 def test_the_graph_step_trains_exactly_as_the_eager_loop(config):
     """Full batches through the index buffer, the remainder (50 = 3×16 + 2) eagerly."""
     eager_losses, eager = trained(config)
@@ -52,7 +59,7 @@ def test_the_graph_step_trains_exactly_as_the_eager_loop(config):
         assert torch.equal(stepped[name], eager[name]), name
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c['name']}-{c.get('bias_correction', '')}")
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 @pytest.mark.parametrize("fresh", [True, False])
 def test_warm_up_steps_leave_no_trace(config, fresh):
     """What capture's warm-up changes (weights, batch-norm statistics, optimizer moments,
@@ -93,7 +100,7 @@ def test_there_is_no_graph_on_the_cpu_or_for_batches_larger_than_the_data():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c['name']}-{c.get('bias_correction', '')}")
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
 def test_a_captured_step_trains_as_the_eager_loop_on_cuda(config, dropout):
     """Replays draw the dropout masks the eager loop draws (the same generator offsets,
@@ -127,9 +134,9 @@ def test_capture_leaves_weights_moments_and_random_state_as_they_were_on_cuda():
 
 def test_warm_up_leaves_no_trace_on_a_pack():
     """The same for a packed step: PackedOptimizer's moments and per-fold step counts."""
-    from workers.packed_model import PackedMLP
-    from workers.packed_optimizer import PackedOptimizer
-    from workers.packed_training import PackedStep, Stack
+    from workers.packed.model import PackedMLP
+    from workers.packed.optimizer import PackedOptimizer
+    from workers.packed.training import PackedStep, Stack
 
     def run(warm_up: bool):
         torch.manual_seed(0)
@@ -158,15 +165,16 @@ def test_warm_up_leaves_no_trace_on_a_pack():
 def test_captured_packed_and_unpacked_folds_match_eager_cpu_training(float64, optimizer):
     """Whole folds, captured on CUDA (packed and unpacked), against eager CPU training,
     in float64 so that rounding cannot move an early-stopping decision."""
-    from tests.workers.test_packing import INFO, OPTIMIZERS, blobs, job_for, plans, run_both
-    from workers.fold import run_fold, run_packed_folds
-    config = next(o for o in OPTIMIZERS if o["name"] == optimizer)
+    from tests.workers.helpers import INFO, OPTIMIZERS, blobs, job_for, name_of, plans, run_both
+    from workers.fold import run_fold
+    from workers.packed.fold import run_packed_folds
+    config = next(o for o in OPTIMIZERS if name_of(o) == optimizer)
     x, y = blobs()
     job = job_for(config, batch_size=16)
     cpu_unpacked, _, _, _ = run_both(job, x, y, plans(len(y)))
     cuda = torch.device("cuda")
-    unpacked = [run_fold(x, y, INFO, p, job, device=cuda, report=lambda r: None) for p in plans(len(y))]
-    packed = run_packed_folds(x, y, INFO, plans(len(y)), job, device=cuda, report=lambda i, r: None)
+    unpacked = [run_fold(x, y, INFO, p, job, device=cuda) for p in plans(len(y))]
+    packed = run_packed_folds(x, y, INFO, plans(len(y)), job, device=cuda)
     for reference, alone, together in zip(cpu_unpacked, unpacked, packed):
         for run in (alone, together):
             assert run.best_epoch == reference.best_epoch

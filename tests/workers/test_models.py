@@ -1,11 +1,13 @@
 import pytest
 import torch
 
+from dataclasses import replace
+
+from workers.config import CNNConfig, MLPConfig
 from workers.models import build_model
 
-
-MLP = {"type": "mlp", "hidden": [32, 16], "batch_norm": True, "dropout": 0.5}
-CNN = {"type": "cnn", "channels": [8, 16], "hidden": [32], "batch_norm": True, "dropout": 0.5}
+MLP = MLPConfig((32, 16), batch_norm=True, dropout=0.5)
+CNN = CNNConfig((8, 16), (32,), batch_norm=True, dropout=0.5)
 
 
 @pytest.mark.parametrize("config, shape", [(MLP, (64,)), (CNN, (1, 8, 8))])
@@ -20,14 +22,14 @@ def test_cnn_has_convolutions_batch_norm_and_dropout():
 
 
 def test_switches_turn_batch_norm_and_dropout_off():
-    plain = {**MLP, "batch_norm": False, "dropout": 0.0}
+    plain = replace(MLP, batch_norm=False, dropout=0.0)
     kinds = {type(m).__name__ for m in build_model(plain, (64,), 10).modules()}
     assert not kinds & {"BatchNorm1d", "Dropout"}
 
 
 def test_batch_norm_uses_batch_statistics_in_training_and_running_ones_in_evaluation():
     torch.manual_seed(0)
-    model = build_model({"type": "mlp", "hidden": [4], "batch_norm": True, "dropout": 0.0}, (3,), 2)
+    model = build_model(MLPConfig((4,), batch_norm=True, dropout=0.0), (3,), 2)
     norm = model[1]
     x = torch.randn(64, 3) * 5 + 2
     model.train()
@@ -43,7 +45,7 @@ def test_batch_norm_uses_batch_statistics_in_training_and_running_ones_in_evalua
 
 def test_dropout_is_random_in_training_and_off_in_evaluation():
     torch.manual_seed(0)
-    model = build_model({"type": "mlp", "hidden": [256], "batch_norm": False, "dropout": 0.5}, (8,), 3)
+    model = build_model(MLPConfig((256,), batch_norm=False, dropout=0.5), (8,), 3)
     x = torch.randn(4, 8)
     model.train()
     assert not torch.equal(model(x), model(x))

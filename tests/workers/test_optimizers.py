@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.workers.helpers import OPTIMIZER_VALUES, as_config
 from workers.optimizers import build_optimizer
 
 STEPS = 50
@@ -36,13 +37,7 @@ def numpy_reference(name: str, config: dict, w0: list[np.ndarray], gradients) ->
     return w
 
 
-CONFIGS = [
-    {"name": "sgd", "lr": 0.05},
-    {"name": "momentum", "lr": 0.05, "beta": 0.9},
-    {"name": "rmsprop", "lr": 0.01, "beta": 0.9, "eps": 1e-8},
-    {"name": "adam", "lr": 0.01, "beta1": 0.9, "beta2": 0.98, "eps": 1e-8, "bias_correction": True},
-    {"name": "adam", "lr": 0.01, "beta1": 0.9, "beta2": 0.98, "eps": 1e-8, "bias_correction": False},
-]
+CONFIGS = OPTIMIZER_VALUES
 # With gradients of order 1, ε = 1e-8 is invisible at this tolerance: where ε goes
 # (after the root, not under it) is only tested with a large one.
 LARGE_EPSILON = [{**config, "eps": 0.1} for config in CONFIGS if "eps" in config]
@@ -66,7 +61,7 @@ def test_optimizer_matches_the_lecture_formulas(config, seed):
         return [A.T @ (A @ w[0] - targets), np.cos(w[1]) * t]
 
     params = [torch.tensor(p, dtype=torch.float64, requires_grad=True) for p in w0]
-    optimizer = build_optimizer(params, config)
+    optimizer = build_optimizer(params, as_config(config))
     for t in range(1, STEPS + 1):
         with torch.no_grad():
             grads = gradients([p.numpy() for p in params], t)
@@ -81,7 +76,7 @@ def test_optimizer_matches_the_lecture_formulas(config, seed):
 def test_momentum_is_not_torchs_default():
     """torch's SGD momentum would start its buffer at dW and skip (1-β): a different path."""
     w = torch.ones(1, dtype=torch.float64, requires_grad=True)
-    optimizer = build_optimizer([w], {"name": "momentum", "lr": 1.0, "beta": 0.9})
+    optimizer = build_optimizer([w], as_config({"name": "momentum", "lr": 1.0, "beta": 0.9}))
     w.grad = torch.ones(1, dtype=torch.float64)
     optimizer.step()
     assert w.item() == pytest.approx(1 - 0.1)  # V₁ = 0.9·0 + 0.1·1
@@ -93,11 +88,11 @@ def test_a_state_saved_on_a_gpu_resumes_on_the_cpu(config):
     loading its state on the CPU keeps the CPU's setting, where capturable fails."""
     w = torch.nn.Parameter(torch.randn(3, dtype=torch.float64))
     w.grad = torch.ones(3, dtype=torch.float64)
-    before = build_optimizer([w], config)
+    before = build_optimizer([w], as_config(config))
     before.step()
     saved = before.state_dict()
     saved["param_groups"][0]["capturable"] = True  # as a CUDA run saves it
-    after = build_optimizer([w], config)
+    after = build_optimizer([w], as_config(config))
     after.load_state_dict(saved)
     after.step()
     assert after.param_groups[0]["capturable"] is False

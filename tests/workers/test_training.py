@@ -1,25 +1,24 @@
 import io
+import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from tests.workers.helpers import CPU, optimizer, recording, stopping, training
+from workers.config import CNNConfig, MLPConfig
 from workers.early_stopping import EarlyStopping
-from workers.fold import DataInfo, FoldPlan, run_fold, standardize
+from workers.fold import run_fold, standardize
 from workers.models import build_mlp
 from workers.optimizers import LectureMomentum, build_optimizer
+from workers.plans import DataInfo, FoldPlan
 from workers.tasks import Classification
-from workers.training import (LossAverage, Split, TrainingDiverged, batch_starts, evaluate, fit,
-                              train_one_epoch)
+from workers.training import LossAverage, Split, batch_starts, evaluate, fit, train_one_epoch
 
 INFO = DataInfo("classification", (4,), 3)
 TASK = Classification(3)
-CPU = torch.device("cpu")
-
-JOB = {"model": {"type": "mlp", "hidden": [32], "batch_norm": True, "dropout": 0.1},
-       "optimizer": {"name": "adam", "lr": 0.01}, "batch_size": 16, "max_epochs": 20,
-       "early_stopping": {"monitor": "val_loss", "patience": 5, "min_delta": 0.0},
-       "cv": {"seed": 0}, "resources": {"cpus_per_fold": 1}}
+JOB = training()  # MLP [32] with batch norm and dropout 0.1, Adam 0.01, batch 16, patience 5
 
 
 def blobs(n=120, features=4, classes=3, seed=0):
@@ -133,14 +132,14 @@ def test_momentum_follows_the_lecture_formula():
 @pytest.mark.parametrize("name", ["sgd", "momentum", "rmsprop", "adam"])
 def test_every_optimizer_learns_a_separable_problem(name):
     x, y = blobs()
-    job = {**JOB, "optimizer": {"name": name, "lr": 0.05 if name in ("sgd", "momentum") else 0.01}}
-    outcome = run_fold(x, y, INFO, plan_for(len(y)), job, device=CPU, report=lambda r: None)
+    job = replace(JOB, optimizer=optimizer(name, lr=0.05 if name in ("sgd", "momentum") else 0.01))
+    outcome = run_fold(x, y, INFO, plan_for(len(y)), job, device=CPU)
     assert outcome.test_metrics["accuracy"] > 0.9
 
 
 def test_early_stopping_keeps_the_best_epoch_and_its_weights():
     model = torch.nn.Linear(2, 1)
-    stopper = EarlyStopping(patience=2)
+    stopper = EarlyStopping(**vars(stopping(patience=2)))
     values = [1.0, 0.5, 0.7, 0.6]
     stops = []
     for epoch, value in enumerate(values, start=1):
@@ -153,7 +152,7 @@ def test_early_stopping_keeps_the_best_epoch_and_its_weights():
 
 
 def test_min_delta_ignores_tiny_improvements():
-    stopper = EarlyStopping(patience=1, min_delta=0.1)
+    stopper = EarlyStopping(**vars(stopping(patience=1, min_delta=0.1)))
     model = torch.nn.Linear(1, 1)
     stopper.on_epoch_end(1, {"val_loss": 1.0}, model)
     assert stopper.on_epoch_end(2, {"val_loss": 0.95}, model) is True
@@ -164,11 +163,15 @@ def test_fit_restores_the_best_weights_before_testing():
     x, y = blobs()
     data = Split(torch.tensor(x), torch.tensor(y))
     model = build_mlp(4, 3, [16], batch_norm=True, dropout=0.2)
-    stopper = EarlyStopping(patience=3)
-    result = fit(model, torch.optim.Adam(model.parameters(), 0.01), TASK, train=data, val=data,
-                 test=data, batch_size=16, max_epochs=30, stopper=stopper, seed=0)
-    best = result.history[result.best_epoch - 1].metrics
-    assert best["val_loss"] == min(r.metrics["val_loss"] for r in result.history)
+    stopper = EarlyStopping(**vars(stopping(patience=3)))
+    history = []
+    result = fit(model, torch.optim.Adam(model.parameters(), 0.01), TASK, index=0, train=data, val=data,
+                 test=data, batch_size=16, max_epochs=30, stopper=stopper, seed=0, ewma_beta=0.9,
+                 callbacks=recording(history))
+    best = history[result.best_epoch - 1].metrics
+    assert best["val_loss"] == min(r.metrics["val_loss"] for r in history)
+    assert result.best_metrics == best  # the best epoch's figures travel with the result
+    assert [r.best_epoch for r in history][-1] == result.best_epoch
     # The restored model scores exactly what it scored at its best epoch.
     assert evaluate(model, TASK, data)["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
     assert result.test_metrics["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
@@ -177,7 +180,8 @@ def test_fit_restores_the_best_weights_before_testing():
 def test_run_fold_reports_every_epoch_and_returns_a_loadable_checkpoint():
     x, y = blobs()
     reports = []
-    outcome = run_fold(x, y, INFO, plan_for(len(y)), JOB, device=CPU, report=reports.append)
+    outcome = run_fold(x, y, INFO, plan_for(len(y)), JOB, device=CPU, callbacks=recording(reports))
+    assert outcome.status == "succeeded" and outcome.index == 0
     assert [r.epoch for r in reports] == list(range(1, outcome.epochs_run + 1))
     assert 1 <= outcome.best_epoch <= outcome.epochs_run
     state = torch.load(io.BytesIO(outcome.checkpoint), weights_only=True)
@@ -187,8 +191,7 @@ def test_run_fold_reports_every_epoch_and_returns_a_loadable_checkpoint():
 
 def test_same_seed_gives_the_same_fold():
     x, y = blobs()
-    runs = [run_fold(x, y, INFO, plan_for(len(y)), JOB, device=CPU, report=lambda r: None)
-            for _ in range(2)]
+    runs = [run_fold(x, y, INFO, plan_for(len(y)), JOB, device=CPU) for _ in range(2)]
     assert runs[0].test_metrics == runs[1].test_metrics
 
 
@@ -201,25 +204,26 @@ def test_standardize_uses_training_rows_only():
 
 def test_a_diverging_loss_stops_the_fold_with_its_epoch():
     x, y = blobs()
-    job = {**JOB, "model": {"type": "mlp", "hidden": [32], "batch_norm": False, "dropout": 0.0},
-           "optimizer": {"name": "sgd", "lr": 1e6}}
-    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at epoch \d+"):
-        run_fold(x * 1e3, y, INFO, plan_for(len(y)), job, device=CPU, report=lambda r: None)
+    job = replace(JOB, model=MLPConfig((32,), batch_norm=False, dropout=0.0),
+                  optimizer=optimizer("sgd", lr=1e6))
+    result = run_fold(x * 1e3, y, INFO, plan_for(len(y)), job, device=CPU)
+    assert result.status == "failed" and result.checkpoint is None and not result.test_metrics
+    assert re.search(r"loss became (nan|inf) at epoch \d+", result.error), result.error
 
 
 def test_build_optimizer_maps_the_lecture_hyperparameters():
     params = [torch.nn.Parameter(torch.zeros(1))]
-    rms = build_optimizer(params, {"name": "rmsprop", "lr": 0.1, "beta": 0.8, "eps": 1e-6})
+    rms = build_optimizer(params, optimizer("rmsprop", lr=0.1, beta=0.8, eps=1e-6))
     assert rms.defaults["alpha"] == 0.8 and rms.defaults["eps"] == 1e-6
-    adam = build_optimizer(params, {"name": "adam", "lr": 0.1})
-    assert adam.defaults["betas"] == (0.9, 0.98)
+    adam = build_optimizer(params, optimizer("adam", lr=0.1, beta1=0.8, beta2=0.97))
+    assert adam.defaults["betas"] == (0.8, 0.97)
 
 
 def test_epoch_reports_carry_the_loss_average_beside_the_raw_loss():
     x, y = blobs()
     reports = []
-    run_fold(x, y, INFO, plan_for(len(y)), {**JOB, "loss_ewma_beta": 0.5}, device=CPU,
-             report=reports.append)
+    run_fold(x, y, INFO, plan_for(len(y)), replace(JOB, loss_ewma_beta=0.5), device=CPU,
+             callbacks=recording(reports))
     average = LossAverage(0.5)
     for report in reports:
         raw, corrected = average.update(report.metrics["train_loss"])
@@ -244,7 +248,7 @@ def test_loss_average_follows_the_lecture():
 
 
 def test_early_stopping_can_monitor_validation_accuracy():
-    stopper = EarlyStopping(monitor="val_accuracy", patience=1)
+    stopper = EarlyStopping(monitor="val_accuracy", patience=1, min_delta=0.0)
     model = torch.nn.Linear(1, 1)
     stopper.on_epoch_end(1, {"val_accuracy": 0.5}, model)
     assert stopper.on_epoch_end(2, {"val_accuracy": 0.7}, model) is False
@@ -257,11 +261,10 @@ def test_regression_fold_reports_mae_and_r2():
     # that has torch and scikit-learn but not the service's packages.
     from sklearn.datasets import load_diabetes
     x, y = load_diabetes(return_X_y=True)
-    job = {**JOB, "model": {"type": "mlp", "hidden": [32], "batch_norm": False, "dropout": 0.0},
-           "optimizer": {"name": "adam", "lr": 0.01}, "max_epochs": 60}
+    job = replace(JOB, model=MLPConfig((32,), batch_norm=False, dropout=0.0), max_epochs=60)
     rows = np.random.default_rng(0).permutation(len(y))
     plan = FoldPlan(0, rows[:260], rows[260:350], rows[350:])
-    outcome = run_fold(x, y, DataInfo("regression", (10,)), plan, job, device=CPU, report=lambda r: None)
+    outcome = run_fold(x, y, DataInfo("regression", (10,)), plan, job, device=CPU)
     assert set(outcome.test_metrics) == {"loss", "mae", "r2"}
     assert outcome.test_metrics["r2"] > 0.3 and 30 < outcome.test_metrics["mae"] < 60
 
@@ -269,27 +272,23 @@ def test_regression_fold_reports_mae_and_r2():
 def test_cnn_fold_learns_digits():
     from sklearn.datasets import load_digits
     x, y = load_digits(return_X_y=True)
-    job = {**JOB, "model": {"type": "cnn", "channels": [8, 16], "hidden": [32], "batch_norm": True,
-                            "dropout": 0.1}, "max_epochs": 8}
+    job = replace(JOB, model=CNNConfig((8, 16), (32,), batch_norm=True, dropout=0.1), max_epochs=8)
     rows = np.random.default_rng(0).permutation(len(y))
     plan = FoldPlan(0, rows[:1000], rows[1000:1400], rows[1400:])
-    outcome = run_fold(x, y, DataInfo("classification", (1, 8, 8), 10), plan, job, device=CPU,
-                       report=lambda r: None)
+    outcome = run_fold(x, y, DataInfo("classification", (1, 8, 8), 10), plan, job, device=CPU)
     assert outcome.test_metrics["accuracy"] > 0.9
 
 
 def test_a_fold_resumed_from_a_checkpoint_continues_exactly():
     x, y = blobs()
-    job = {**JOB, "checkpoint_interval_s": 0, "max_epochs": 12,
-           "early_stopping": {"monitor": "val_loss", "patience": 20, "min_delta": 0.0}}
+    job = replace(JOB, max_epochs=12, early_stopping=stopping(patience=20))
     whole, snapshots = [], []
-    full = run_fold(x, y, INFO, plan_for(len(y)), job, device=CPU, report=whole.append,
-                    checkpoint=snapshots.append)
+    full = run_fold(x, y, INFO, plan_for(len(y)), job, device=CPU, callbacks=recording(whole, snapshots))
     assert len(snapshots) == 12
     resumed_reports = []
     # As if the worker died after epoch 5: a new process starts from that checkpoint.
     torch.manual_seed(12345)  # whatever the new process's random state, the checkpoint wins
-    resumed = run_fold(x, y, INFO, plan_for(len(y)), job, device=CPU, report=resumed_reports.append,
+    resumed = run_fold(x, y, INFO, plan_for(len(y)), job, device=CPU, callbacks=recording(resumed_reports),
                        resume_from=snapshots[4])
     assert [r.epoch for r in resumed_reports] == list(range(6, 13))
     for before, after in zip(whole[5:], resumed_reports):

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import torch
 
+from workers.config import AdamConfig, MomentumConfig, OptimizerConfig, RMSpropConfig, SGDConfig
+
 
 class PackedOptimizer:
-    def __init__(self, params, config: dict, k: int):
+    def __init__(self, params, config: OptimizerConfig, k: int):
         self.params = [p for p in params]
         self.config, self.k = config, k
         self.state = [{"V": torch.zeros_like(p), "S": torch.zeros_like(p)} for p in self.params]
@@ -52,24 +54,24 @@ class PackedOptimizer:
 
     def update(self, grad, state, on, t) -> torch.Tensor:
         """The amount to subtract from W for active folds; moves V and S where `on`."""
-        c = self.config
-        name, lr = c["name"], c["lr"]
-        if name == "sgd":
-            return lr * grad
-        if name == "momentum":
-            blend(state["V"], on, c.get("beta", 0.9), grad)
-            return lr * state["V"]
-        if name == "rmsprop":
-            blend(state["S"], on, c.get("beta", 0.9), grad * grad)
-            return lr * grad / (state["S"].sqrt() + c.get("eps", 1e-8))
-        beta1, beta2, eps = c.get("beta1", 0.9), c.get("beta2", 0.98), c.get("eps", 1e-8)
-        blend(state["V"], on, beta1, grad)
-        blend(state["S"], on, beta2, grad * grad)
-        v, s = state["V"], state["S"]
-        if c.get("bias_correction", True):
-            t = t.clamp(min=1)  # inactive folds that never stepped: avoid 0/0 (masked anyway)
-            v, s = v / (1 - beta1 ** t), s / (1 - beta2 ** t)
-        return lr * v / (s.sqrt() + eps)
+        match self.config:
+            case SGDConfig(lr=lr):
+                return lr * grad
+            case MomentumConfig(lr=lr, beta=beta):
+                blend(state["V"], on, beta, grad)
+                return lr * state["V"]
+            case RMSpropConfig(lr=lr, beta=beta, eps=eps):
+                blend(state["S"], on, beta, grad * grad)
+                return lr * grad / (state["S"].sqrt() + eps)
+            case AdamConfig(lr=lr, beta1=beta1, beta2=beta2, eps=eps):
+                blend(state["V"], on, beta1, grad)
+                blend(state["S"], on, beta2, grad * grad)
+                v, s = state["V"], state["S"]
+                if self.config.bias_correction:
+                    t = t.clamp(min=1)  # inactive folds that never stepped: avoid 0/0 (masked anyway)
+                    v, s = v / (1 - beta1 ** t), s / (1 - beta2 ** t)
+                return lr * v / (s.sqrt() + eps)
+        raise ValueError(f"unknown optimizer {self.config!r}")
 
 
 def blend(average: torch.Tensor, on: torch.Tensor, beta: float, value: torch.Tensor) -> None:

@@ -11,17 +11,19 @@ is frozen by the optimizer rather than stepped with a zero gradient.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
+from workers.callbacks import Callbacks, EpochReport
+from workers.checkpointing import weights_bytes
 from workers.early_stopping import EarlyStopping
 from workers.graphed import CapturedStep, fallible_capture
-from workers.packed_checkpointing import PackedProgress, restore_pack
-from workers.packed_model import PackedMLP
-from workers.packed_optimizer import PackedOptimizer
-from workers.training import (EVAL_CHUNK, EpochReport, LossAverage, Split, Task, TrainingDiverged,
-                              TrainResult, check_finite, epoch_metrics)
+from workers.packed.checkpointing import PackedProgress
+from workers.packed.model import PackedMLP
+from workers.packed.optimizer import PackedOptimizer
+from workers.results import FoldResult
+from workers.training import (EVAL_CHUNK, LossAverage, Split, Task, TrainingDiverged, check_finite,
+                              epoch_metrics)
 
 
 @dataclass
@@ -52,7 +54,6 @@ class PackedFold:
     generator: torch.Generator = field(init=False)
     active: bool = True
     epochs_done: int = 0
-    history: list[EpochReport] = field(default_factory=list)
     error: str | None = None
 
     def __post_init__(self) -> None:
@@ -170,8 +171,8 @@ def packed_evaluation_sums(model: PackedMLP, task: Task, data: Stack) -> torch.T
 
 
 def end_epoch(model: PackedMLP, folds: list[PackedFold], epoch: int, values: list[float],
-              n_val: list[int], on_epoch_end: Callable[[int, EpochReport], None]) -> None:
-    """Metrics, reports and early stopping for each fold still training."""
+              n_val: list[int], callbacks: Callbacks) -> None:
+    """Metrics, early stopping and reports for each fold still training."""
     k = len(folds)
     train_losses, val_sums = values[:k], values[k:]
     width = len(val_sums) // k
@@ -185,28 +186,27 @@ def end_epoch(model: PackedMLP, folds: list[PackedFold], epoch: int, values: lis
         except TrainingDiverged as error:
             fold.active, fold.error = False, str(error)  # this fold fails; the others go on
             continue
-        fold.history.append(EpochReport(epoch, metrics))
         fold.epochs_done = epoch
-        on_epoch_end(fold.index, fold.history[-1])
         if fold.stopper.on_epoch_end(epoch, metrics, FoldView(model, position)):
             fold.active = False
+        callbacks.epoch_ended(fold.index, EpochReport(epoch, metrics, fold.stopper.best_epoch))
 
 
 def fit_packed(model: PackedMLP, optimizer: PackedOptimizer, folds: list[PackedFold], *,
                train: Stack, val: Stack, test: Stack, batch_size: int | None, max_epochs: int,
-               batch_norm: bool, on_epoch_end: Callable[[int, EpochReport], None] = lambda i, r: None,
-               after_epoch: Callable[[PackedProgress], None] = lambda progress: None,
-               resume_from: bytes | None = None) -> list[TrainResult | str]:
+               batch_norm: bool, callbacks: Callbacks | None = None,
+               resume_from: bytes | None = None) -> list[FoldResult]:
     """Train every fold until it stops, then test each one with its best weights.
 
-    `after_epoch` gets the pack's progress (to checkpoint it); `resume_from`, such a
-    checkpoint, continues after its epoch. Returns, per fold, its TrainResult or the
-    reason it failed.
+    `callbacks` hears of every fold's epochs and may checkpoint the pack's progress;
+    `resume_from`, such a checkpoint, continues after its epoch. A fold whose loss stops
+    being finite fails alone.
     """
+    callbacks = callbacks or Callbacks()
     task = folds[0].task  # loss and metric sums are the same function for every fold
     progress = PackedProgress(model, optimizer, folds)
     if resume_from is not None:
-        restore_pack(progress, resume_from)
+        progress.restore(resume_from)
     # Captured after any restore: the graph holds the tensors it saw.
     step = packed_step(model, optimizer, task, train, batch_size, min_rows=2 if batch_norm else 1)
     while progress.epoch < max_epochs and any(f.active for f in folds):
@@ -215,14 +215,18 @@ def fit_packed(model: PackedMLP, optimizer: PackedOptimizer, folds: list[PackedF
                                         step.min_rows, step)
         # One host synchronisation per epoch, for all folds together.
         values = torch.cat([losses, packed_evaluation_sums(model, task, val).flatten()]).tolist()
-        end_epoch(model, folds, progress.epoch, values, val.sizes, on_epoch_end)
-        after_epoch(progress)
+        end_epoch(model, folds, progress.epoch, values, val.sizes, callbacks)
+        callbacks.after_epoch(progress)
     for k, fold in enumerate(folds):
         if fold.error is None:
             model.load_fold_state_dict(k, fold.stopper.best_state)
     test_sums = packed_evaluation_sums(model, task, test).tolist()
-    return [fold.error if fold.error else
-            TrainResult(fold.stopper.best_epoch, fold.epochs_done,
-                        fold.task.metrics(test_sums[k], test.sizes[k]), fold.stopper.best_state,
-                        fold.history)
-            for k, fold in enumerate(folds)]
+    return [fold_result(fold, test_sums[k], test.sizes[k]) for k, fold in enumerate(folds)]
+
+
+def fold_result(fold: PackedFold, test_sums: list[float], n_test: int) -> FoldResult:
+    if fold.error:
+        return FoldResult.failed(fold.index, fold.error, fold.epochs_done)
+    stopper = fold.stopper
+    return FoldResult(fold.index, "succeeded", stopper.best_epoch, fold.epochs_done, stopper.best_metrics,
+                      fold.task.metrics(test_sums, n_test), weights_bytes(stopper.best_state))

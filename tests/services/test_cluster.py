@@ -1,0 +1,87 @@
+"""services.cluster on the test session's real local Ray: the progress board, and fold
+tasks run as Ray runs them. (Whole jobs go through it in tests/test_end_to_end.py.)"""
+from __future__ import annotations
+
+import pytest
+import ray
+
+from services.cluster import BoardClient, Cluster
+from services.splits import fold_plans
+from services.spec import JobSpec
+from services.datasets import load_dataset
+from tests.helpers import small_job
+from workers.events import EpochEnded, FoldStarted
+
+
+def epoch(job: str, number: int) -> EpochEnded:
+    return EpochEnded(job, 0, number, {"val_loss": 1.0 / number}, best_epoch=number, time_ms=0)
+
+
+def test_progress_stays_on_the_board_until_the_dispatcher_acknowledges_it(ray_session):
+    cluster = Cluster()
+    job = "ack-test-job"
+    for number in (1, 2):
+        cluster.board.report.remote(epoch(job, number))
+    first = cluster.pending_progress([job])[job]
+    assert [e.epoch for e in first] == [1, 2]
+    assert cluster.pending_progress([job])[job] == first  # read again: still there
+    cluster.board.report.remote(epoch(job, 3))
+    cluster.acknowledge_progress({job: len(first)})
+    assert [e.epoch for e in cluster.pending_progress([job])[job]] == [3]  # arrived meanwhile
+    cluster.forget(job)
+
+
+def test_a_board_client_keeps_a_jobs_checkpoints_apart_and_flushes_in_order(ray_session):
+    cluster = Cluster()
+    mine, other = BoardClient(cluster.board, "job-a"), BoardClient(cluster.board, "job-b")
+    mine.save_checkpoint(0, b"a0")
+    other.save_checkpoint(0, b"b0")
+    for number in range(1, 51):
+        mine.report(epoch("job-a", number))
+    mine.flush()  # returns once every report is on the board
+    assert [e.epoch for e in cluster.pending_progress(["job-a"])["job-a"]] == list(range(1, 51))
+    assert mine.checkpoint(0) == b"a0" and other.checkpoint(0) == b"b0" and mine.checkpoint(1) is None
+    cluster.forget("job-a")
+    assert mine.checkpoint(0) is None and other.checkpoint(0) == b"b0"
+    cluster.forget("job-b")
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["task-per-fold", "packed"])
+def test_fold_tasks_return_one_result_per_fold_and_report_every_epoch(ray_session, packed):
+    spec = JobSpec.model_validate(small_job(max_epochs=4, pack_folds=packed))
+    data = load_dataset(spec.dataset)
+    cluster = Cluster()
+    job = f"results-{packed}"
+    tasks = cluster.submit(cluster.put((data.x, data.y, data.info)), fold_plans(data.strata(), spec.cv),
+                           spec.training_config(), job)
+    assert len(tasks) == (1 if packed else 3)
+    results = [r for ref, indices in tasks.items() for r in cluster.results(ref, indices)]
+    assert sorted(r.index for r in results) == [0, 1, 2]
+    assert all(r.status == "succeeded" and r.checkpoint and r.best_metrics for r in results)
+    events = cluster.pending_progress([job])[job]
+    assert sorted(e.fold for e in events if isinstance(e, FoldStarted)) == [0, 1, 2]
+    for result in results:
+        epochs = [e for e in events if isinstance(e, EpochEnded) and e.fold == result.index]
+        assert [e.epoch for e in epochs] == list(range(1, result.epochs_run + 1))
+        assert epochs[-1].best_epoch == result.best_epoch
+        assert epochs[result.best_epoch - 1].metrics == result.best_metrics
+    cluster.forget(job)
+
+
+def test_a_cancelled_task_and_a_crashed_one_become_fold_results(ray_session):
+    cluster = Cluster()
+
+    @ray.remote
+    def sleeper():
+        import time
+        time.sleep(60)
+
+    @ray.remote
+    def crasher():
+        raise KeyError("no such column")
+
+    sleeping, crashed = sleeper.remote(), crasher.remote()
+    cluster.cancel(sleeping)
+    assert [(r.index, r.status) for r in cluster.results(sleeping, [0, 1])] == [(0, "cancelled"), (1, "cancelled")]
+    [failed] = cluster.results(crashed, [2])
+    assert failed.status == "failed" and failed.error == "KeyError: 'no such column'"

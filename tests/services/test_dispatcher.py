@@ -1,0 +1,121 @@
+"""The dispatcher on a real local Ray, a real MLflow store and SQLite and PostgreSQL:
+a job that cannot start, a tick that fails midway, a lease lost to another dispatcher.
+(It is also exercised whole through tests/test_end_to_end.py and tests/test_faults.py.)"""
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+from sqlalchemy import update
+
+from services import jobs
+from services.cluster import Cluster
+from services.database import make_engine, session_factory, upgrade_schema
+from services.dispatcher import Dispatcher, LeaseLost
+from services.models import Fold, Job
+from services.states import JobStatus
+from services.tracking import Tracker
+from tests.helpers import small_job, store_job, wait_for
+
+SLOW_FOLDS = dict(dataset={"name": "synthetic", "rows": 4000, "features": 20}, max_epochs=40,
+                  early_stopping={"patience": 1000}, checkpoint_interval_s=0)
+
+
+def test_a_job_that_cannot_start_fails_alone_and_the_next_one_runs(ray_session, tmp_path, database_url):
+    engine = make_engine(database_url)
+    upgrade_schema(engine)
+    sessions = session_factory(engine)
+    with sessions() as session:
+        # A spec this version cannot read (say, written by a newer one), then a good job.
+        broken = Job(name="broken", spec={"name": "broken"}, status=JobStatus.QUEUED, cancel_requested=False)
+        broken.folds = [Fold(index=i) for i in range(3)]
+        session.add(broken)
+        session.commit()
+        good = store_job(session, small_job(max_epochs=3))
+    tracker = Tracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifacts_dir=tmp_path / "art")
+    dispatcher = Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker, max_active_jobs=1)
+
+    def status(job_id):
+        with sessions() as session:
+            return jobs.get_job(session=session, job_id=job_id)
+
+    def step():
+        dispatcher.tick()
+        return status(good.id).status is JobStatus.SUCCEEDED
+
+    wait_for(step, 120)
+    failed = status(broken.id)
+    assert failed.status is JobStatus.FAILED and failed.error.startswith("could not start")
+    assert {f.status.value for f in failed.folds} == {"cancelled"}
+    assert not dispatcher.active
+    engine.dispose()
+
+
+def test_a_tick_that_fails_midway_loses_no_epoch_and_logs_none_twice(ray_session, tmp_path, database_url):
+    """The dispatcher fails while storing progress (MLflow unreachable for a moment):
+    the events it had read stay on the board, the next tick stores them, and every
+    epoch appears once in MLflow."""
+
+    class FlakyTracker(Tracker):
+        calls = 0
+
+        def log_epoch(self, *args, **kwargs):
+            FlakyTracker.calls += 1
+            super().log_epoch(*args, **kwargs)  # this one is stored, then the tick fails
+            if FlakyTracker.calls in (4, 9):
+                raise ConnectionError("MLflow unreachable")
+
+    engine = make_engine(database_url)
+    upgrade_schema(engine)
+    sessions = session_factory(engine)
+    with sessions() as session:
+        job_id = store_job(session, small_job(max_epochs=8, early_stopping={"patience": 100})).id
+    tracker = FlakyTracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifacts_dir=tmp_path / "art")
+    dispatcher = Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker, poll_interval_s=0.2)
+    failures = []
+
+    def finished():
+        try:
+            dispatcher.tick()
+        except ConnectionError as error:
+            failures.append(error)
+        with sessions() as session:
+            return jobs.get_job(session=session, job_id=job_id).status is JobStatus.SUCCEEDED
+    wait_for(finished, 120)
+    assert len(failures) == 2
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with sessions() as session:
+        final = jobs.get_job(session=session, job_id=job_id)
+    for fold in final.folds:
+        steps = [m.step for m in client.get_metric_history(fold.mlflow_run_id, "val_loss")]
+        assert sorted(steps) == list(range(1, 9)), fold.index
+        assert fold.attempts == 1
+    engine.dispose()
+
+
+def test_a_dispatcher_that_lost_a_job_writes_nothing_more_to_it(ray_session, tmp_path, database_url):
+    """A dispatcher stalls past its lease and another adopts its job: the stalled one's
+    next commit is refused (fenced), and nothing it wrote lands."""
+    engine = make_engine(database_url)
+    upgrade_schema(engine)
+    sessions = session_factory(engine)
+    with sessions() as session:
+        job_id = store_job(session, small_job(**SLOW_FOLDS)).id
+    tracker = Tracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifacts_dir=tmp_path / "art")
+    stalled = Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker)
+    stalled.tick()
+    assert job_id in stalled.active
+    with sessions() as session:  # meanwhile another dispatcher adopted the job
+        session.execute(update(Job).where(Job.id == job_id).values(dispatcher_id="the-other-one"))
+        session.commit()
+    with sessions() as session:
+        stalled.fence(session)  # as in each tick, once its leases are renewed
+        session.get(Job, job_id).error = "a stale write"
+        with pytest.raises(LeaseLost):
+            session.commit()
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job.error is None and job.dispatcher_id == "the-other-one"
+        assert job.status is JobStatus.RUNNING
+    stalled.tick()  # the next tick lets the job go
+    assert job_id not in stalled.active
+    engine.dispose()
