@@ -61,10 +61,9 @@ def lifespan(threads: int):
 
     Then the bundled datasets are described once (submissions are checked against them
     on the event loop, which must not wait for a first load). Last, everything allocated
-    so far (the app and its libraries, some 200,000 objects) is moved out of the garbage
-    collector's reach: a full collection walked them all (about 60 ms, during which no
-    request moved). Under load (50 clients, bench/submit_load.py, when the API still
-    imported torch too) that made p99 175 ms instead of 51 ms."""
+    so far (the app and its libraries, hundreds of thousands of objects) is moved out of
+    the garbage collector's reach: a full collection walked them all while no request
+    moved, which showed in the latency tail under load (bench/submit_load.py measures it)."""
     @asynccontextmanager
     async def run(app: FastAPI):
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads

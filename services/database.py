@@ -24,8 +24,9 @@ def make_engine(url: str, ping_after_idle_s: float = PING_AFTER_IDLE_S) -> Engin
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _tune_sqlite)
         return engine
-    # More connections than SQLAlchemy's default 5 + 10: the API serves up to 40 requests
-    # at once (its thread pool), and a request waiting for a connection holds a thread.
+    # More connections than SQLAlchemy's default 5 + 10: an API process holds one per
+    # handler thread (CROSSFOLD_API_THREADS, which may be raised), one for its batch writer
+    # and one per key lookup in flight, and a request waiting for a connection holds a thread.
     engine = create_engine(_with_driver(url), pool_size=10, max_overflow=40)
     event.listen(engine, "checkin", _note_checkin)
     event.listen(engine, "checkout", lambda *args: ping_if_idle(*args, after_s=ping_after_idle_s))
@@ -73,10 +74,10 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def upgrade_schema(engine: Engine) -> None:
-    """Bring the database to the newest migration (idempotent)."""
+def upgrade_schema(engine: Engine, revision: str = "head") -> None:
+    """Bring the database to the newest migration, or to `revision` (idempotent)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        command.upgrade(config, revision)

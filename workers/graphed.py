@@ -1,8 +1,9 @@
 """Full-size mini-batches replayed from one captured CUDA graph.
 
 Eager PyTorch launches every kernel of a step from Python, and at batch 256 a modern GPU
-spends most of its time waiting for the CPU (measured on an H100: a graphed step ran 8×
-faster than the eager one). Every full mini-batch of an epoch has the same shape, so
+spends most of its time waiting for the CPU (`python bench/train_throughput.py --device
+cuda` shows how much: its `graphed` column against `tight`). Every full mini-batch of an
+epoch has the same shape, so
 the step (gather the batch's rows, forward, loss, backward, optimizer step, add the
 loss to the epoch's sum) is captured once and replayed: per step the host only copies
 the batch's row indices into the graph's index buffer and launches the graph. Shorter

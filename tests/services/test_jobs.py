@@ -1,4 +1,6 @@
 """The job store (services.jobs) and the schema's migrations, on SQLite and on PostgreSQL."""
+from datetime import datetime, timezone
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -69,3 +71,40 @@ def test_cancelling_a_running_job_asks_its_dispatcher(sessions):
         assert claim_next_job(session, dispatcher_id="d1").id == job.id
         flagged = jobs.cancel_job(session=session, job_id=job.id)
         assert flagged.status is JobStatus.RUNNING and flagged.cancel_requested
+
+
+def test_the_migration_keeps_only_what_a_stored_dataset_spec_takes(database_url):
+    """Jobs stored before 0003 carry the generated datasets' sizes on bundled datasets
+    (digits with rows 1000, features 20...): they are taken out, and the idempotency hash
+    recomputed, so that a replay of the same request still finds its job."""
+    import uuid
+
+    from sqlalchemy import insert
+
+    from services.database import make_engine, upgrade_schema
+    from services.models import Job
+    from services.spec import JobSpec
+    from services.submissions import request_hash
+    engine = make_engine(database_url)
+    upgrade_schema(engine, "0002")
+    old_sizes = {"rows": 1000, "features": 20, "classes": 2, "seed": 0}
+    stored = {"digits": {"name": "digits", **old_sizes},
+              "synthetic_regression": {"name": "synthetic_regression", **old_sizes},
+              "synthetic": {"name": "synthetic", **old_sizes}}
+    normalized = JobSpec.model_validate(small_job()).model_dump(mode="json")  # as specs are stored
+    with engine.begin() as connection:
+        for name, dataset in stored.items():
+            connection.execute(insert(Job.__table__).values(
+                id=str(uuid.uuid4()), name=name, spec={**normalized, "dataset": dataset},
+                status="queued", cancel_requested=False, request_hash="old",
+                idempotency_key=name, owner="local", created_at=datetime.now(timezone.utc)))
+    upgrade_schema(engine)
+    with engine.connect() as connection:
+        rows = {row.name: row for row in connection.execute(Job.__table__.select())}
+    assert rows["digits"].spec["dataset"] == {"name": "digits"}
+    assert rows["synthetic_regression"].spec["dataset"] == {
+        "name": "synthetic_regression", "rows": 1000, "features": 20, "seed": 0}
+    assert rows["synthetic"].spec["dataset"] == stored["synthetic"] and rows["synthetic"].request_hash == "old"
+    for name in ("digits", "synthetic_regression"):
+        assert rows[name].request_hash == request_hash(JobSpec.model_validate(rows[name].spec))
+    engine.dispose()
