@@ -123,6 +123,8 @@ def status_command(args) -> int:
         print(fold_table(job))
     if job["error"]:
         print(f"error: {job['error']}")
+    if job["mlflow_url"]:
+        print(f"MLflow: {job['mlflow_url']}")
     return 0
 
 
@@ -174,7 +176,8 @@ def demo_command(args) -> int:
         print(f"submitted job {job['id']} ({job['name']})", flush=True)
         job = follow(lambda: client.get(job["id"]))
         print(fold_table(job))
-        print(f"\nMLflow: {job['mlflow_url']}\nService still running; Ctrl-C stops it.", flush=True)
+        print(f"\nMLflow: {job['mlflow_url']}\n        {job['mlflow_experiment_url']} (every run of "
+              f"{job['name']})\nService still running; Ctrl-C stops it.", flush=True)
         server.wait()
     finally:
         server.terminate()

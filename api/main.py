@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import weakref
 from contextlib import asynccontextmanager
 
 import anyio
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.exceptions import HTTPException
 
 from api.batching import Interrupted, StoreFailed, batcher_for
 from api.limits import BodyLimit
@@ -34,9 +38,14 @@ def create_app(settings: Settings | None = None,
         engine = make_engine(settings.resolved_database_url())
         upgrade_schema(engine)
         sessions = session_factory(engine)
-    app = FastAPI(title="crossfold", version="0.1.0", lifespan=lifespan(settings.api_threads),
-                  description="Cross-validation training jobs: one Ray task per fold, results in MLflow.")
+    # The docs pages (/docs, /redoc) load their scripts from the installed fastapi-offline
+    # package, not from a CDN: GPU clusters are often offline.
+    app = FastAPIOffline(title="crossfold", version="0.1.0", lifespan=lifespan(settings.api_threads),
+                         description="Cross-validation training jobs: one Ray task per fold, "
+                                     "results in MLflow.",
+                         swagger_ui_parameters={"validatorUrl": None})  # no call to swagger.io
     app.state.settings, app.state.sessions = settings, sessions
+    describe_authentication(app, settings.requires_auth())
     app.state.batchers = weakref.WeakKeyDictionary()  # one SubmissionBatcher per event loop
     app.include_router(jobs.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
@@ -52,6 +61,30 @@ def create_app(settings: Settings | None = None,
         return {"status": "ok"}
 
     return app
+
+
+def describe_authentication(app: FastAPI, required: bool) -> None:
+    """Make the OpenAPI schema say what this service does: with authentication on, the
+    job routes require a bearer key (HTTP bearer scheme) and may answer 401; off (the
+    embedded default on loopback), they neither require nor read one, and the schema
+    declares none, so that schema-driven clients and fuzzers are not misled."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = generate()
+            for operation in (op for path in schema["paths"].values() for op in path.values()):
+                if "security" not in operation:
+                    continue
+                if required:
+                    operation["responses"]["401"] = {"description": "a valid API key is required"}
+                else:
+                    del operation["security"]
+            if not required:
+                schema.get("components", {}).pop("securitySchemes", None)
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def lifespan(threads: int):
@@ -83,6 +116,15 @@ def freeze_start_up_objects() -> None:
 
 
 def add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):
+        response = await http_exception_handler(request, error)
+        if error.status_code == 405:
+            # Starlette names only the first route on this path; GET and POST /jobs are two.
+            if methods := methods_on_path(request):
+                response.headers["Allow"] = ", ".join(sorted(methods))
+        return response
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, error: RequestValidationError):
         # Field, rule and message only: echoing the input back would fail on NaN
@@ -114,3 +156,11 @@ def add_error_handlers(app: FastAPI) -> None:
         loc = ["body", *error.field.split(".")]
         return JSONResponse({"detail": [{"loc": loc, "msg": error.message,
                                          "type": "value_error"}]}, status_code=422)
+
+
+def methods_on_path(request: Request) -> set[str]:
+    """Every method the API documents for this request's path."""
+    paths = request.app.openapi()["paths"]
+    return {method.upper() for template, operations in paths.items()
+            if re.fullmatch(re.sub(r"\{[^/]+\}", "[^/]+", template), request.url.path)
+            for method in operations}

@@ -6,7 +6,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from services.models import Fold, Job
-from services.results import mlflow_link
+from services.results import experiment_link, mlflow_link
 from services.states import FoldStatus, JobStatus
 
 
@@ -43,7 +43,8 @@ class JobOut(BaseModel):
     folds: list[FoldOut]
     mlflow_experiment_id: str | None
     mlflow_run_id: str | None
-    mlflow_url: str | None
+    mlflow_url: str | None = Field(description="the job's run in the MLflow UI")
+    mlflow_experiment_url: str | None = Field(description="the runs table of the job's experiment")
 
 
 class JobPage(BaseModel):
@@ -70,4 +71,5 @@ def job_out(job: Job, ui_url: str) -> JobOut:
                   spec=job.spec, summary=job.summary,
                   folds=[fold_out(f, job.mlflow_experiment_id, ui_url) for f in job.folds],
                   mlflow_experiment_id=job.mlflow_experiment_id, mlflow_run_id=job.mlflow_run_id,
-                  mlflow_url=mlflow_link(ui_url, job.mlflow_experiment_id, job.mlflow_run_id))
+                  mlflow_url=mlflow_link(ui_url, job.mlflow_experiment_id, job.mlflow_run_id),
+                  mlflow_experiment_url=experiment_link(ui_url, job.mlflow_experiment_id))

@@ -29,9 +29,20 @@ def fold_table(folds) -> list[dict]:
             for f in folds]
 
 
+# MLflow 3's UI opens the GenAI view (traces, evaluations) unless the link, or a choice the
+# browser remembers, asks for the model-training view (runs table, charts).
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+
+
 def mlflow_link(ui_url: str, experiment_id: str | None, run_id: str | None) -> str | None:
-    """Where a person finds a run in the MLflow UI, in its model-training view (MLflow 3
-    opens the GenAI view unless told otherwise, by this query or a remembered choice)."""
+    """Where a person finds a run in the MLflow UI, in its model-training view."""
     if not (experiment_id and run_id):
         return None
-    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
+
+
+def experiment_link(ui_url: str, experiment_id: str | None) -> str | None:
+    """An experiment's runs table (every job of that name, folds nested under each job)."""
+    if not experiment_id:
+        return None
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_VIEW}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo,
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationInfo,
                       field_validator, model_serializer, model_validator)
 
 from workers.config import (AdamConfig, CNNConfig, MLPConfig, MomentumConfig, ResourcesConfig,
@@ -21,7 +21,9 @@ MAX_SYNTHETIC_CELLS = 50_000_000  # float32 cells of a generated dataset: 190 Mi
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # Strict: true is not 1 and "3" is not 3, as the published schema says; a JSON number
+    # with no fraction (3.0) is an integer there, and here too (`integer`).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
     config_type: ClassVar[type | None] = None  # the section's counterpart in workers.config
 
     def config(self):
@@ -30,6 +32,13 @@ class StrictModel(BaseModel):
         return self.config_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
+def whole(value):
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+def integer(**bounds):
+    """An integer within `bounds` (ge, le), given as 3 or as 3.0."""
+    return Annotated[int, Field(**bounds), BeforeValidator(whole)]
 LearningRate = Annotated[float, Field(gt=0, le=10, description="α, > 0")]
 Beta = Annotated[float, Field(ge=0, lt=1, description="in [0, 1)")]
 Epsilon = Annotated[float, Field(gt=0, le=1)]
@@ -75,7 +84,7 @@ OptimizerSpec = Annotated[Union[SGDSpec, MomentumSpec, RMSpropSpec, AdamSpec],
                           Field(discriminator="name")]
 
 
-Width = Annotated[int, Field(ge=1, le=MAX_LAYER_WIDTH)]
+Width = integer(ge=1, le=MAX_LAYER_WIDTH)
 
 
 class MLPSpec(StrictModel):
@@ -92,7 +101,7 @@ class CNNSpec(StrictModel):
     """3×3 convolutions (one per entry of `channels`), then dense layers; image datasets only."""
     config_type = CNNConfig
     type: Literal["cnn"]
-    channels: list[Annotated[int, Field(ge=1, le=512)]] = Field(
+    channels: list[integer(ge=1, le=512)] = Field(
         default_factory=lambda: [16, 32], min_length=1, max_length=4)
     hidden: list[Width] = Field(default_factory=lambda: [64], max_length=MAX_HIDDEN_LAYERS)
     batch_norm: bool = False
@@ -120,10 +129,10 @@ class DatasetSpec(StrictModel):
     synthetic_regression are regression tasks, the others classification."""
     name: Literal["digits", "iris", "wine", "breast_cancer", "diabetes", "synthetic",
                   "synthetic_regression"]
-    rows: int | None = Field(None, ge=30, le=2_000_000, description="generated datasets only (1000)")
-    features: int | None = Field(None, ge=2, le=1000, description="generated datasets only (20)")
-    classes: int | None = Field(None, ge=2, le=100, description="synthetic only (2)")
-    seed: int | None = Field(None, ge=0, description="generated datasets only (0)")
+    rows: integer(ge=30, le=2_000_000) | None = None
+    features: integer(ge=2, le=1000) | None = None
+    classes: integer(ge=2, le=100) | None = None
+    seed: integer(ge=0) | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -133,8 +142,11 @@ class DatasetSpec(StrictModel):
     @field_validator("rows", "features", "classes", "seed")
     @classmethod
     def _only_what_the_dataset_takes(cls, value, info: ValidationInfo):
+        # Runs only for values given (a default is not validated): null is not a size.
+        if value is None:
+            raise ValueError("must be an integer; leave it out for the default")
         name = info.data.get("name")
-        if value is not None and name is not None and info.field_name not in GENERATED_DATASETS.get(name, {}):
+        if name is not None and info.field_name not in GENERATED_DATASETS.get(name, {}):
             kind = "a bundled dataset of fixed size" if name in BUNDLED_DATASETS else "a regression dataset"
             raise ValueError(f"{name} is {kind}: it takes no {info.field_name}")
         return value
@@ -156,24 +168,36 @@ class DatasetSpec(StrictModel):
 
     @classmethod
     def __get_pydantic_json_schema__(cls, core_schema, handler):
-        # The schema says what is accepted: a bundled dataset's name alone, or the object.
-        schema = handler.resolve_ref_schema(handler(core_schema))
-        names = [*BUNDLED_DATASETS, *GENERATED_DATASETS]  # a generated one at its default size
-        return {"anyOf": [{"type": "string", "enum": names}, schema],
-                "title": "DatasetSpec", "description": schema.get("description", "")}
+        # What is accepted, as a schema can say it: a dataset's name alone (a generated one
+        # at its default size), or an object with a bundled dataset's name and nothing
+        # else, or a generated dataset's name and the sizes it takes.
+        fields = handler.resolve_ref_schema(handler(core_schema))["properties"]
+
+        def object_form(names, takes: dict) -> dict:
+            properties = {"name": {"type": "string", "enum": list(names)}}
+            for field, default in takes.items():
+                integer = next(choice for choice in fields[field]["anyOf"] if choice["type"] == "integer")
+                properties[field] = {**integer, "default": default}
+            return {"type": "object", "properties": properties, "required": ["name"],
+                    "additionalProperties": False}
+
+        return {"title": "DatasetSpec", "description": cls.__doc__, "anyOf": [
+            {"type": "string", "enum": [*BUNDLED_DATASETS, *GENERATED_DATASETS]},
+            object_form(BUNDLED_DATASETS, {}),
+            *(object_form([name], takes) for name, takes in GENERATED_DATASETS.items())]}
 
 
 class EarlyStoppingSpec(StrictModel):
     config_type = StoppingConfig
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
-    patience: int = Field(10, ge=1, le=1000)
+    patience: integer(ge=1, le=1000) = 10
     min_delta: float = Field(0.0, ge=0)
 
 
 class CVSpec(StrictModel):
-    folds: int = Field(5, ge=3, le=20, description="k ≥ 3: one test, one validation, ≥ 1 training group")
+    folds: integer(ge=3, le=20) = Field(5, description="k ≥ 3: one test, one validation, ≥ 1 training group")
     stratify: bool = True
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: integer(ge=0, le=2**31 - 1) = 0
 
 
 class ResourcesSpec(StrictModel):
@@ -190,7 +214,7 @@ class JobSpec(StrictModel):
     batch_size: Union[int, Literal["full"]] = Field(
         64, description='samples per mini-batch: 1 (stochastic) to 1,000,000, or "full" '
                         '(classic gradient descent, one step per epoch)')
-    max_epochs: int = Field(100, ge=1, le=10_000)
+    max_epochs: integer(ge=1, le=10_000) = 100
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     cv: CVSpec = Field(default_factory=CVSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
@@ -204,6 +228,7 @@ class JobSpec(StrictModel):
     @classmethod
     def _batch_size_rule(cls, value):
         # One clear message instead of one per member of the int | "full" union.
+        value = whole(value)
         if value == "full" or (type(value) is int and 1 <= value <= MAX_BATCH_SIZE):
             return value
         raise ValueError(f'must be an integer from 1 to {MAX_BATCH_SIZE:,} or "full"')

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from api.main import create_app
 from services.database import make_engine, session_factory, upgrade_schema
 from services.settings import Settings
-from tests.helpers import fresh_database, free_port, wait_for
+from tests.helpers import fresh_database, served
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -66,8 +65,7 @@ def stack(request, ray_session, tmp_path_factory):
     from services.tracking import Tracker
     folder = tmp_path_factory.mktemp(f"stack-{request.param}")
     with fresh_database(request.param, folder) as url:
-        settings = Settings(data_dir=folder, database_url=url, api_port=free_port(),
-                            poll_interval_s=0.2)
+        settings = Settings(data_dir=folder, database_url=url, poll_interval_s=0.2)
         engine = make_engine(url)
         upgrade_schema(engine)
         tracker = Tracker(tracking_uri=settings.resolved_tracking_uri(),
@@ -76,12 +74,7 @@ def stack(request, ray_session, tmp_path_factory):
                                 tracker=tracker, poll_interval_s=0.2)
         stop = threading.Event()
         threading.Thread(target=dispatcher.run_forever, args=(stop,), daemon=True).start()
-        server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1",
-                                               port=settings.api_port, log_level="warning"))
-        threading.Thread(target=server.run, daemon=True).start()
-        wait_for(lambda: server.started, 30)
-        with httpx.Client(base_url=f"http://127.0.0.1:{settings.api_port}", timeout=30) as http:
+        with served(create_app(settings)) as base, httpx.Client(base_url=base, timeout=30) as http:
             yield http, tracker
-        server.should_exit = True
         stop.set()
         engine.dispose()

@@ -3,7 +3,10 @@ waiting for something to happen, free ports, storing a job without HTTP."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -12,6 +15,7 @@ from typing import Iterator
 
 import psycopg
 import pytest
+import uvicorn
 
 from services.models import LOCAL_OWNER, Job
 from services.spec import JobSpec
@@ -88,3 +92,35 @@ def wait_for(condition, timeout: float, interval: float = 0.2):
 def wait_until_finished(http, job_id: str, timeout: float = 180) -> dict:
     return wait_for(lambda: (job := http.get(f"/jobs/{job_id}").json())["status"] in FINISHED
                     and job, timeout)
+
+
+@contextmanager
+def served(app):
+    """The app on a real uvicorn server on a free loopback port, for concurrent clients."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           limit_concurrency=500))
+    threading.Thread(target=server.run, daemon=True).start()
+    wait_for(lambda: server.started, 30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed "
+                                    "(apt-get install -y chromium)")
+
+
+def render(url: str, *, screenshot: Path | None = None, offline: bool = True, wait_ms: int = 15000) -> str:
+    """The page's DOM once its scripts have run, in headless Chromium, as a person would
+    see it; `offline`: every host but loopback fails to resolve, as on an air-gapped
+    cluster. With `screenshot`, a PNG of the page too."""
+    browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,900",
+               f"--virtual-time-budget={wait_ms}"]
+    if offline:
+        browser.append("--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1")
+    if screenshot is not None:
+        subprocess.run([*browser, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
+    return subprocess.run([*browser, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout

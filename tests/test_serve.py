@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.helpers import free_port, small_job, wait_for
+from tests.helpers import free_port, needs_chromium, render, small_job, wait_for
 
 
 @pytest.fixture
@@ -51,3 +51,23 @@ def test_serve_runs_a_job_shows_it_in_the_mlflow_ui_and_stops_cleanly(served):
     assert process.wait(timeout=60) == 0
     time.sleep(1)
     assert not answers(ui), "the MLflow UI outlived the service"
+
+
+@needs_chromium
+def test_mlflow_links_open_the_model_training_view_in_a_real_browser(served, tmp_path):
+    """MLflow 3 opens experiments in its GenAI view (traces, evaluations, judges) unless
+    told otherwise: every link crossfold gives must land in the runs view."""
+    process, api, ui = served
+    wait_for(lambda: answers(f"{api}/healthz") or process.poll() is not None, 120, 0.5)
+    job = httpx.post(f"{api}/jobs", json=small_job(max_epochs=2)).json()
+    done = wait_for(lambda: (j := httpx.get(f"{api}/jobs/{job['id']}").json())["status"]
+                    in ("succeeded", "failed") and j, 120)
+    wait_for(lambda: answers(ui), 60, 0.5)
+    pages = {"job": done["mlflow_url"], "fold": done["folds"][0]["mlflow_url"],
+             "experiment": done["mlflow_experiment_url"]}
+    doms = {name: render(url, screenshot=tmp_path / f"mlflow-{name}.png") for name, url in pages.items()}
+    for name, dom in doms.items():
+        assert ">Model registry<" in dom, name  # the model-training view's side bar
+        assert ">Evaluations<" not in dom and ">Judges<" not in dom, name  # the GenAI view's
+    assert "<strong>4</strong> matching runs" in doms["experiment"]  # the runs table: the job and its folds
+    assert ">0 · fold of iris-test<" in doms["fold"]  # the index first

@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.batching import batcher_for
 from api.deps import OwnerDep, SessionDep, SettingsDep
@@ -28,7 +28,9 @@ IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, desc
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut,
              responses={200: {"model": JobOut, "description": "replayed: the job this key created"},
-                        409: {"description": "the Idempotency-Key was used with another body"}})
+                        400: {"description": "the body is not JSON"},
+                        409: {"description": "the Idempotency-Key was used with another body"},
+                        413: {"description": "the body is over CROSSFOLD_MAX_BODY_BYTES"}})
 async def submit_job(spec: JobSpec, request: Request, settings: SettingsDep, owner: OwnerDep,
                      idempotency_key: IdempotencyKey = None) -> JSONResponse:
     # Stored together with whatever else is being submitted (api/batching.py).
@@ -38,15 +40,21 @@ async def submit_job(spec: JobSpec, request: Request, settings: SettingsDep, own
                    headers={"Location": f"/jobs/{job.id}"})
 
 
+class JobQuery(BaseModel):
+    """GET /jobs's query; an unknown parameter (a typo such as ?stauts=) is refused."""
+    model_config = ConfigDict(extra="forbid")
+    status: JobStatus | None = None
+    limit: int = Field(50, ge=1, le=200)
+    offset: int = Field(0, ge=0, le=1_000_000)
+
+
 @router.get("", response_model=JobPage)
 def list_jobs(session: SessionDep, settings: SettingsDep, owner: OwnerDep,
-              status_: Annotated[JobStatus | None, Query(alias="status")] = None,
-              limit: Annotated[int, Query(ge=1, le=200)] = 50,
-              offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0):
-    page, total = jobs.list_jobs(session=session, owner=owner, status=status_, limit=limit,
-                                 offset=offset)
+              query: Annotated[JobQuery, Query()]):
+    page, total = jobs.list_jobs(session=session, owner=owner, status=query.status, limit=query.limit,
+                                 offset=query.offset)
     return as_json(JobPage(items=[job_out(j, settings.mlflow_ui_url) for j in page],
-                           total=total, limit=limit, offset=offset))
+                           total=total, limit=query.limit, offset=query.offset))
 
 
 @router.get("/{job_id}", response_model=JobOut, responses={404: {"description": "no such job"}})

@@ -2,7 +2,6 @@
 import hashlib
 import json
 import threading
-from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -13,7 +12,7 @@ from api.cli import main as cli
 from api.main import create_app
 from services.auth import create_key
 from services.models import ApiKey, Job
-from tests.helpers import small_job
+from tests.helpers import served, small_job
 
 
 @pytest.fixture
@@ -89,22 +88,6 @@ def test_same_idempotency_key_and_body_returns_the_same_job(client):
     other = client.post("/jobs", json=small_job(max_epochs=3), headers=key)
     assert other.status_code == 409 and "Idempotency-Key" in other.json()["detail"]
     assert client.get("/jobs").json()["total"] == 1
-
-
-@contextmanager
-def served(app):
-    """The app on a real uvicorn server on a free loopback port, for concurrent clients."""
-    import uvicorn
-    from tests.helpers import free_port, wait_for
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           limit_concurrency=500))
-    threading.Thread(target=server.run, daemon=True).start()
-    wait_for(lambda: server.started, 30)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
 
 
 def post_at_once(base: str, count: int, headers: dict | None = None) -> list[httpx.Response]:

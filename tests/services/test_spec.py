@@ -67,9 +67,19 @@ def test_a_dataset_refuses_sizes_that_mean_nothing_for_it(dataset, field, rule):
     assert error["loc"] == ("dataset", field) and rule in error["msg"]
 
 
-def test_the_schema_says_a_dataset_is_a_name_or_an_object():
+def test_the_schema_says_a_dataset_is_a_name_or_an_object_with_what_it_takes():
     schema = JobSpec.model_json_schema()["$defs"]["DatasetSpec"]
-    by_type = {choice.get("type"): choice for choice in schema["anyOf"]}
-    assert set(by_type) == {"string", "object"}
-    assert "digits" in by_type["string"]["enum"] and "synthetic" in by_type["string"]["enum"]
-    assert by_type["object"]["required"] == ["name"]
+    names, bundled, synthetic, regression = schema["anyOf"]
+    assert names["type"] == "string" and {"digits", "synthetic"} <= set(names["enum"])
+    assert set(bundled["properties"]) == {"name"} and bundled["additionalProperties"] is False
+    assert "digits" in bundled["properties"]["name"]["enum"]
+    assert set(synthetic["properties"]) == {"name", "rows", "features", "classes", "seed"}
+    assert set(regression["properties"]) == {"name", "rows", "features", "seed"}
+    assert synthetic["properties"]["rows"] == {"type": "integer", "minimum": 30, "maximum": 2_000_000,
+                                               "default": 1000}
+
+
+def test_null_is_not_a_size():
+    with pytest.raises(ValidationError) as refused:
+        JobSpec.model_validate(small_job(dataset={"name": "synthetic", "seed": None}))
+    assert refused.value.errors()[0]["loc"] == ("dataset", "seed")
