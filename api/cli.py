@@ -70,12 +70,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve_command(args) -> int:
-    from api.server import serve
+    from api.server import PortInUse, serve
     from services.settings import get_settings
     settings = get_settings()
     print(f"crossfold API on http://{settings.api_host}:{settings.api_port} "
           f"(data in {settings.data_dir.resolve()}); Ctrl-C stops it", flush=True)
-    serve(settings, with_ui=not args.no_ui)
+    try:
+        serve(settings, with_ui=not args.no_ui)
+    except PortInUse as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

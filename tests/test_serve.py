@@ -1,31 +1,38 @@
 """`crossfold serve`, as a person starts it: a real process with the API, the
-dispatcher and the MLflow UI, joined to the test session's Ray."""
+dispatcher and the MLflow UI, joined to the test session's Ray (or, where the test is
+about Ray's processes, starting its own)."""
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
+from api.watchdog import alive, descendants, end_all
 from tests.helpers import free_port, needs_chromium, render, small_job, wait_for
+
+
+def start_serve(data_dir: Path, api_port: int, ui_port: int, ray_address: str = "") -> subprocess.Popen:
+    env = {**os.environ, "CROSSFOLD_DATA_DIR": str(data_dir), "CROSSFOLD_API_PORT": str(api_port),
+           "CROSSFOLD_MLFLOW_UI_URL": f"http://127.0.0.1:{ui_port}", "CROSSFOLD_RAY_ADDRESS": ray_address}
+    return subprocess.Popen([sys.executable, "-m", "api.cli", "serve"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.fixture
 def served(ray_session, tmp_path):
     api_port, ui_port = free_port(), free_port()
-    env = {**os.environ, "CROSSFOLD_DATA_DIR": str(tmp_path / "data"),
-           "CROSSFOLD_API_PORT": str(api_port),
-           "CROSSFOLD_MLFLOW_UI_URL": f"http://127.0.0.1:{ui_port}",
-           "CROSSFOLD_RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    process = subprocess.Popen([sys.executable, "-m", "api.cli", "serve"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = start_serve(tmp_path / "data", api_port, ui_port, ray_session.get_runtime_context().gcs_address)
     yield process, f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{ui_port}"
     if process.poll() is None:
-        process.kill()
+        process.send_signal(signal.SIGTERM)  # a clean stop: the service takes its children along
+        process.wait(timeout=60)
 
 
 def answers(url: str) -> bool:
@@ -71,3 +78,52 @@ def test_mlflow_links_open_the_model_training_view_in_a_real_browser(served, tmp
         assert ">Evaluations<" not in dom and ">Judges<" not in dom, name  # the GenAI view's
     assert "<strong>4</strong> matching runs" in doms["experiment"]  # the runs table: the job and its folds
     assert ">0 · fold of iris-test<" in doms["fold"]  # the index first
+
+def experiments_in(ui: str) -> set[str]:
+    found = httpx.post(f"{ui}/api/2.0/mlflow/experiments/search", json={"max_results": 100}).json()
+    return {e["name"] for e in found.get("experiments", [])}
+
+
+def test_a_killed_service_leaves_no_process_behind_and_its_restart_owns_its_ports(tmp_path):
+    """kill -9 mid-job: its own local Ray (agents included) and the MLflow UI end with it,
+    and a service restarted on the same ports with another data folder shows that store."""
+    api_port, ui_port = free_port(), free_port()
+    api, ui = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{ui_port}"
+    first = start_serve(tmp_path / "first", api_port, ui_port)  # no Ray address: it starts its own
+    try:
+        wait_for(lambda: answers(f"{api}/healthz") and answers(f"{ui}/health"), 180, 0.5)
+        long_job = small_job(name="killed-mid-job", max_epochs=5000, early_stopping={"patience": 1000})
+        job_id = httpx.post(f"{api}/jobs", json=long_job).json()["id"]
+        wait_for(lambda: any(f["epoch"] > 0 for f in httpx.get(f"{api}/jobs/{job_id}").json()["folds"]), 120)
+        children = descendants(first.pid)
+        commands = {p: Path(f"/proc/{p[0]}/cmdline").read_bytes() for p in children}
+        assert any(b"mlflow" in c for c in commands.values()) and any(b"raylet" in c for c in commands.values())
+        assert any(b"ray::" in c for c in commands.values())  # its fold tasks, agents and board
+    finally:
+        first.kill()
+        first.wait()
+    try:
+        wait_for(lambda: not any(map(alive, children)), 30, 0.5)  # every child, Ray's agents included
+    finally:
+        end_all(children, grace_s=0)  # should the watchdog have failed, leave no orphan to later tests
+    second = start_serve(tmp_path / "second", api_port, ui_port)
+    try:
+        wait_for(lambda: answers(f"{api}/healthz") and answers(f"{ui}/health"), 180, 0.5)
+        assert httpx.get(f"{api}/jobs/{job_id}").status_code == 404  # the second store's API
+        assert "killed-mid-job" not in experiments_in(ui)  # and the second store's UI
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=60) == 0
+
+
+def test_a_port_in_use_is_reported_and_nothing_starts(tmp_path):
+    api_port, ui_port = free_port(), free_port()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ui_port))
+        squatter.listen()
+        process = start_serve(tmp_path / "data", api_port, ui_port, ray_address="127.0.0.1:1")
+        assert process.wait(timeout=60) == 2
+    out = process.stdout.read()
+    assert f"the MLflow UI: port {ui_port} on 127.0.0.1 is already in use" in out
+    assert "CROSSFOLD_MLFLOW_UI_URL" in out
+    assert not answers(f"http://127.0.0.1:{api_port}/healthz")  # nothing was started
