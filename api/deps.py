@@ -24,6 +24,7 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     session = request.app.state.sessions()
     try:
         yield session
+        request.app.state.database.succeeded()  # a request went through: say so if it had been down
     finally:
         session.close()
 

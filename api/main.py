@@ -14,14 +14,13 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException
 
 from api.batching import Interrupted, StoreFailed, batcher_for
 from api.limits import BodyLimit
-from api.routes import jobs
-from services.database import make_engine, session_factory, upgrade_schema
+from api.routes import health, jobs
+from services.database import UNREACHABLE, Reachability, make_engine, session_factory, upgrade_schema
 from services.datasets import describe_every_bundled_dataset
 from services.errors import IdempotencyConflict, InvalidJob, JobAlreadyFinished, JobNotFound
 from services.models import LOCAL_OWNER
@@ -47,18 +46,14 @@ def create_app(settings: Settings | None = None,
     app.state.settings, app.state.sessions = settings, sessions
     describe_authentication(app, settings.requires_auth())
     app.state.batchers = weakref.WeakKeyDictionary()  # one SubmissionBatcher per event loop
+    app.state.database = Reachability(log, "API")
     app.include_router(jobs.router)
+    app.include_router(health.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     add_error_handlers(app)
     if not settings.requires_auth():
         log.warning("authentication is OFF: every caller is owner %r (the API listens on %s only)",
                     LOCAL_OWNER, settings.api_host)
-
-    @app.get("/healthz", tags=["health"])
-    def healthz() -> dict:
-        with sessions() as session:
-            session.execute(text("SELECT 1"))
-        return {"status": "ok"}
 
     return app
 
@@ -142,9 +137,21 @@ def add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": str(error)}, status_code=409)
 
     @app.exception_handler(StoreFailed)
-    async def unavailable(_: Request, error: StoreFailed):
+    async def unavailable(request: Request, error: StoreFailed):
+        if isinstance(error.__cause__, UNREACHABLE):
+            request.app.state.database.failed(error.__cause__)
         return JSONResponse({"detail": f"{error}; nothing was stored, try again"}, status_code=503,
                             headers={"Retry-After": "1"})
+
+    async def database_down(request: Request, error: Exception):
+        # One line in the log when it goes (and one when it is back), not a traceback per
+        # request: the client is told to come back.
+        request.app.state.database.failed(error)
+        return JSONResponse({"detail": "the database cannot be reached; try again shortly"},
+                            status_code=503, headers={"Retry-After": "5"})
+
+    for unreachable in UNREACHABLE:
+        app.add_exception_handler(unreachable, database_down)
 
     @app.exception_handler(Interrupted)
     async def interrupted(_: Request, error: Interrupted):

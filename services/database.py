@@ -1,13 +1,15 @@
 """Engine, sessions and schema migrations for SQLite (embedded default) and PostgreSQL."""
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -81,3 +83,38 @@ def upgrade_schema(engine: Engine, revision: str = "head") -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+
+
+# What a database that cannot be reached raises (down, restarting, the network): unlike
+# a statement it refuses, trying again later is the answer.
+UNREACHABLE = (OperationalError, InterfaceError)
+
+
+def reason(error: BaseException) -> str:
+    """The driver's first line, without SQLAlchemy's statement and links."""
+    cause = getattr(error, "orig", None) or error
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
+
+
+class Reachability:
+    """Whether the database answered last time, logged once when it goes away and once
+    when it is back, however many requests or ticks fail in between."""
+
+    def __init__(self, log: logging.Logger, who: str):
+        self.log, self.who, self.down_since = log, who, None
+        self.lock = threading.Lock()
+
+    def failed(self, error: BaseException) -> None:
+        with self.lock:
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+                self.log.warning("%s: the database is unreachable (%s); retrying", self.who, reason(error))
+
+    def succeeded(self) -> None:
+        if self.down_since is None:  # the usual case, without taking the lock
+            return
+        with self.lock:
+            if self.down_since is not None:
+                self.log.warning("%s: the database is reachable again, after %.0f s", self.who,
+                                 time.monotonic() - self.down_since)
+                self.down_since = None

@@ -17,6 +17,7 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.cluster import Cluster
+from services.database import UNREACHABLE, Reachability
 from services.datasets import describe, load_dataset
 from services.lifecycle import (adopt_orphaned_job, claim_next_job, hold_leases, move_fold, move_job,
                                 renew_leases)
@@ -51,12 +52,16 @@ class Dispatcher:
         self.max_active_jobs, self.poll_interval_s, self.lease_s = max_active_jobs, poll_interval_s, lease_s
         self.dispatcher_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.active: dict[str, ActiveJob] = {}
+        self.database = Reachability(log, "dispatcher")
 
     def run_forever(self, stop: threading.Event) -> None:
         self.tracker.ensure_store()
         while not stop.is_set():
             try:
                 self.tick()
+                self.database.succeeded()
+            except UNREACHABLE as error:  # a line when it goes, one when it is back
+                self.database.failed(error)
             except Exception:  # one bad tick must not kill the service; log and go on
                 log.exception("dispatcher tick failed")
             stop.wait(self.poll_interval_s)

@@ -3,17 +3,15 @@ real MLflow stores in temporary folders, and the whole service (`stack`). Helper
 are not fixtures are in tests/helpers.py."""
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
 from services.database import make_engine, session_factory, upgrade_schema
 from services.settings import Settings
-from tests.helpers import fresh_database, served
+from tests.helpers import fresh_database, running_service
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -58,23 +56,8 @@ def ray_session():
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def stack(request, ray_session, tmp_path_factory):
-    """The whole service in this process: the HTTP API (real uvicorn) → the database → a
-    dispatcher → the session's Ray → an MLflow store. Yields (HTTP client, tracker)."""
-    from services.cluster import Cluster
-    from services.dispatcher import Dispatcher
-    from services.tracking import Tracker
+    """The whole service in this process (tests/helpers.py running_service) on a fresh
+    database of each kind. Yields (HTTP client, tracker)."""
     folder = tmp_path_factory.mktemp(f"stack-{request.param}")
-    with fresh_database(request.param, folder) as url:
-        settings = Settings(data_dir=folder, database_url=url, poll_interval_s=0.2)
-        engine = make_engine(url)
-        upgrade_schema(engine)
-        tracker = Tracker(tracking_uri=settings.resolved_tracking_uri(),
-                          artifacts_dir=settings.artifacts_dir())
-        dispatcher = Dispatcher(sessions=session_factory(engine), cluster=Cluster(),
-                                tracker=tracker, poll_interval_s=0.2)
-        stop = threading.Event()
-        threading.Thread(target=dispatcher.run_forever, args=(stop,), daemon=True).start()
-        with served(create_app(settings)) as base, httpx.Client(base_url=base, timeout=30) as http:
-            yield http, tracker
-        stop.set()
-        engine.dispose()
+    with fresh_database(request.param, folder) as url, running_service(url, folder) as (http, tracker, _):
+        yield http, tracker

@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -124,3 +125,89 @@ def render(url: str, *, screenshot: Path | None = None, offline: bool = True, wa
     if screenshot is not None:
         subprocess.run([*browser, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
     return subprocess.run([*browser, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own, in a temporary folder, to stop and start
+    for real (the shared one at 127.0.0.1:5432 serves every other test). It runs as the
+    `postgres` user when the tests run as root, since PostgreSQL refuses root; its folder
+    is then one that user can reach (pytest's own are private to root)."""
+
+    def __init__(self):
+        self.folder, self.port = Path(tempfile.mkdtemp(prefix="crossfold-postgres-")), free_port()
+        self.data = self.folder / "pgdata"
+        self.user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    @staticmethod
+    def available() -> str | None:
+        """Why it cannot run here, or None."""
+        if shutil.which("pg_ctl") is None or shutil.which("initdb") is None:
+            return "PostgreSQL's server programs (initdb, pg_ctl) are not installed"
+        if os.geteuid() == 0 and (shutil.which("runuser") is None or not user_exists("postgres")):
+            return "running as root without a postgres user to run PostgreSQL as"
+        return None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def pg(self, *args: str) -> None:
+        subprocess.run([*self.user, *args], check=True, capture_output=True, timeout=120)
+
+    def create(self) -> "PrivatePostgres":
+        if self.user:
+            shutil.chown(self.folder, "postgres")
+        self.pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres")
+        return self.start()
+
+    def remove(self) -> None:
+        subprocess.run([*self.user, "pg_ctl", "-D", str(self.data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def start(self) -> "PrivatePostgres":
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+        self.pg("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.folder / "log"), "-w", "start")
+        return self
+
+    def crash(self) -> None:
+        """As a crash: no checkpoint, every connection dropped at once."""
+        self.pg("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+
+def user_exists(name: str) -> bool:
+    import pwd
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+@contextmanager
+def running_service(database_url: str, folder: Path, lease_s: float = 30.0):
+    """The whole service in this process: the HTTP API (real uvicorn) → the database → a
+    dispatcher → the test session's Ray → an MLflow store in `folder`. Yields (HTTP
+    client, tracker, dispatcher)."""
+    import httpx
+
+    from api.main import create_app
+    from services.cluster import Cluster
+    from services.database import make_engine, session_factory, upgrade_schema
+    from services.dispatcher import Dispatcher
+    from services.settings import Settings
+    from services.tracking import Tracker
+    settings = Settings(data_dir=folder, database_url=database_url, poll_interval_s=0.2, lease_s=lease_s)
+    engine = make_engine(database_url)
+    upgrade_schema(engine)
+    tracker = Tracker(tracking_uri=settings.resolved_tracking_uri(), artifacts_dir=settings.artifacts_dir())
+    dispatcher = Dispatcher(sessions=session_factory(engine), cluster=Cluster(), tracker=tracker,
+                            poll_interval_s=0.2, lease_s=lease_s)
+    stop = threading.Event()
+    threading.Thread(target=dispatcher.run_forever, args=(stop,), daemon=True).start()
+    try:
+        with served(create_app(settings)) as base, httpx.Client(base_url=base, timeout=30) as http:
+            yield http, tracker, dispatcher
+    finally:
+        stop.set()
+        engine.dispose()

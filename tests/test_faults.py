@@ -8,13 +8,15 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from services import jobs
 from services.database import make_engine, session_factory, upgrade_schema
-from tests.helpers import small_job, store_job, wait_for, wait_until_finished
+from tests.helpers import (PrivatePostgres, running_service, small_job, store_job, wait_for,
+                           wait_until_finished)
 
 SLOW_FOLDS = dict(dataset={"name": "synthetic", "rows": 4000, "features": 20}, max_epochs=40,
                   early_stopping={"patience": 1000}, checkpoint_interval_s=0)
@@ -102,3 +104,50 @@ def test_a_killed_dispatcher_is_replaced_and_nothing_finished_runs_again(ray_ses
         steps = sorted(m.step for m in client.get_metric_history(fold.mlflow_run_id, "val_loss"))
         assert steps == list(range(1, fold.epoch + 1))
     engine.dispose()
+
+
+@pytest.fixture
+def private_postgres():
+    if (why := PrivatePostgres.available()) is not None:
+        pytest.skip(why)
+    server = PrivatePostgres().create()
+    yield server
+    server.remove()
+
+
+def test_a_database_outage_answers_503_logs_one_line_each_way_and_loses_nothing(
+        ray_session, private_postgres, tmp_path, caplog):
+    """PostgreSQL crashes mid-job and comes back: meanwhile every route answers 503 with
+    Retry-After, /healthz says the database is down, the API and the dispatcher each log
+    one line when it goes and one when it is back (no traceback), and the job then
+    finishes with every epoch in MLflow once."""
+    caplog.set_level("WARNING")
+    with running_service(private_postgres.url, tmp_path) as (http, tracker, _):
+        spec = small_job(name="outage", max_epochs=60, early_stopping={"patience": 1000},
+                         dataset={"name": "synthetic", "rows": 3000, "features": 20})
+        job_id = http.post("/jobs", json=spec).json()["id"]
+        wait_for(lambda: any(f["epoch"] >= 2 for f in http.get(f"/jobs/{job_id}").json()["folds"]), 90)
+        private_postgres.crash()
+        answers = {"GET /jobs/{id}": http.get(f"/jobs/{job_id}"), "GET /jobs": http.get("/jobs"),
+                   "POST /jobs": http.post("/jobs", json=small_job(name="during-outage")),
+                   "POST /jobs/{id}/cancel": http.post(f"/jobs/{job_id}/cancel"),
+                   "GET /healthz": http.get("/healthz")}
+        for route, answer in answers.items():
+            assert answer.status_code == 503 and int(answer.headers["retry-after"]) > 0, route
+        assert answers["GET /healthz"].json()["status"] == "unavailable"
+        assert answers["GET /healthz"].json()["database"].startswith("unreachable: ")
+        time.sleep(3)  # some dispatcher ticks fail meanwhile, and more requests
+        assert http.get(f"/jobs/{job_id}").status_code == 503
+        private_postgres.start()
+        assert wait_for(lambda: http.get("/healthz").status_code == 200, 30)
+        job = wait_until_finished(http, job_id)
+        assert job["status"] == "succeeded", job["error"]
+        assert http.get("/jobs").json()["total"] == 1  # the submission refused during the outage
+        for fold in job["folds"]:
+            steps = [m.step for m in tracker.client.get_metric_history(fold["mlflow_run_id"], "val_loss")]
+            assert sorted(steps) == list(range(1, 61)), fold["index"]
+    said = [r.getMessage() for r in caplog.records if "the database is" in r.getMessage()]
+    for who in ("API", "dispatcher"):
+        assert len([m for m in said if m.startswith(f"{who}: the database is unreachable")]) == 1, said
+        assert len([m for m in said if m.startswith(f"{who}: the database is reachable again")]) == 1, said
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]

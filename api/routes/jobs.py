@@ -21,7 +21,8 @@ from services.spec import JobSpec
 from services.submissions import prepare
 from services.states import JobStatus
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses={
+    503: {"description": "the database cannot be reached; try again after Retry-After seconds"}})
 IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, description=(
     "repeat a submission safely: the same key and body return the same job"))]
 

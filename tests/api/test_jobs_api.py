@@ -125,6 +125,6 @@ def test_cancel_queued_then_409(client):
 
 
 def test_healthz_and_openapi(client):
-    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok", "database": "ok"}
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/healthz"} <= set(paths)
