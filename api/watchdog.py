@@ -42,12 +42,13 @@ def start(service_pid: int) -> int | None:
 
 
 def stat_of(pid: int) -> tuple[int, int] | None:
-    """(parent pid, start time) from /proc/PID/stat, or None once it is gone."""
+    """(parent pid, start time) from /proc/PID/stat, or None once it has ended (a zombie
+    has: it only waits for a parent to read its exit status)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return int(fields[1]), int(fields[19])
+    return None if fields[0] in ("Z", "X") else (int(fields[1]), int(fields[19]))
 
 
 def descendants(root: int) -> set[Process]:

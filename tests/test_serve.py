@@ -104,6 +104,8 @@ def test_a_killed_service_leaves_no_process_behind_and_its_restart_owns_its_port
         first.wait()
     try:
         wait_for(lambda: not any(map(alive, children)), 30, 0.5)  # every child, Ray's agents included
+    except AssertionError:
+        raise AssertionError(f"still running: {[commands[p][:80] for p in children if alive(p)]}") from None
     finally:
         end_all(children, grace_s=0)  # should the watchdog have failed, leave no orphan to later tests
     second = start_serve(tmp_path / "second", api_port, ui_port)
