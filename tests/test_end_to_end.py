@@ -91,6 +91,9 @@ def test_cli_submits_follows_lists_and_cancels(stack, tmp_path, capsys):
     assert cli(["--url", url, "submit", str(spec_file), "--wait"]) == 0
     out = capsys.readouterr().out
     assert "fold 2 [" in out and "succeeded" in out and "mean" in out and "std" in out
+    header = next(line for line in out.splitlines() if line.startswith("fold  "))
+    assert header.split() == ["fold", "status", "best_epoch", "best_val_loss", "best_val_accuracy",
+                              "test_accuracy", "test_f1", "test_loss"]  # the best epoch's, named so
     job_id = out.split("submitted job ")[1].split()[0]
     assert cli(["--url", url, "status", job_id]) == 0
     assert f"job {job_id} (from-cli): succeeded" in capsys.readouterr().out
