@@ -14,13 +14,15 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException
 
 from api.batching import Interrupted, StoreFailed, batcher_for
 from api.limits import BodyLimit
 from api.routes import health, jobs
-from services.database import UNREACHABLE, Reachability, make_engine, session_factory, upgrade_schema
+from services.database import (Reachability, make_engine, session_factory, unreachable,
+                               upgrade_schema)
 from services.datasets import describe_every_bundled_dataset
 from services.errors import IdempotencyConflict, InvalidJob, JobAlreadyFinished, JobNotFound
 from services.models import LOCAL_OWNER
@@ -138,20 +140,20 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StoreFailed)
     async def unavailable(request: Request, error: StoreFailed):
-        if isinstance(error.__cause__, UNREACHABLE):
+        if unreachable(error.__cause__):
             request.app.state.database.failed(error.__cause__)
         return JSONResponse({"detail": f"{error}; nothing was stored, try again"}, status_code=503,
                             headers={"Retry-After": "1"})
 
-    async def database_down(request: Request, error: Exception):
+    @app.exception_handler(DBAPIError)
+    async def database_down(request: Request, error: DBAPIError):
+        if not unreachable(error):
+            raise error  # a statement the database refused: a server error, as any other
         # One line in the log when it goes (and one when it is back), not a traceback per
         # request: the client is told to come back.
         request.app.state.database.failed(error)
         return JSONResponse({"detail": "the database cannot be reached; try again shortly"},
                             status_code=503, headers={"Retry-After": "5"})
-
-    for unreachable in UNREACHABLE:
-        app.add_exception_handler(unreachable, database_down)
 
     @app.exception_handler(Interrupted)
     async def interrupted(_: Request, error: Interrupted):
@@ -169,5 +171,5 @@ def methods_on_path(request: Request) -> set[str]:
     """Every method the API documents for this request's path."""
     paths = request.app.openapi()["paths"]
     return {method.upper() for template, operations in paths.items()
-            if re.fullmatch(re.sub(r"\{[^/]+\}", "[^/]+", template), request.url.path)
+            if re.fullmatch(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)), request.url.path)
             for method in operations}

@@ -27,6 +27,7 @@ from services.datasets import load_dataset  # noqa: E402
 from services.results import summarize  # noqa: E402
 from services.spec import JobSpec  # noqa: E402
 from services.splits import fold_plans  # noqa: E402
+from workers.results import Ending  # noqa: E402
 from workers.task import train_folds  # noqa: E402
 
 TARGET_ACCURACY = 0.95  # every digits example's mean test accuracy
@@ -37,7 +38,7 @@ def cross_validate(spec: JobSpec) -> list[dict]:
     plans = fold_plans(data.strata(), spec.cv)
     results = train_folds(data.x, data.y, data.info, plans, spec.training_config(),
                           device=torch.device("cpu"))
-    failed = [r.error for r in results if r.status != "succeeded"]
+    failed = [r.error for r in results if r.status is not Ending.SUCCEEDED]
     if failed:
         raise RuntimeError(f"{spec.name}: {failed}")
     return [r.test_metrics for r in results]

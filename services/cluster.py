@@ -25,7 +25,11 @@ from workers.task import run_task
 
 log = logging.getLogger(__name__)
 
-BOARD_NAME, NAMESPACE = "crossfold-board", "crossfold"
+# The board is detached and found by name, so it outlives this process, and on a long-lived
+# Ray cluster it outlives an upgrade of crossfold too. Its name carries the version of the
+# events' shape (workers/events.py): a new version starts a board of its own instead of
+# handing typed events to an old board that expects dicts.
+BOARD_NAME, NAMESPACE = "crossfold-board-2", "crossfold"
 
 
 # -- Runs inside a Ray worker (a GPU or CPU node) ------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -17,6 +17,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 # A pooled connection idle for longer than this is checked before use (see ping_if_idle).
 PING_AFTER_IDLE_S = 1.0
+CONNECT_TIMEOUT_S = 5
 
 
 def make_engine(url: str, ping_after_idle_s: float = PING_AFTER_IDLE_S) -> Engine:
@@ -29,7 +30,10 @@ def make_engine(url: str, ping_after_idle_s: float = PING_AFTER_IDLE_S) -> Engin
     # More connections than SQLAlchemy's default 5 + 10: an API process holds one per
     # handler thread (CROSSFOLD_API_THREADS, which may be raised), one for its batch writer
     # and one per key lookup in flight, and a request waiting for a connection holds a thread.
-    engine = create_engine(_with_driver(url), pool_size=10, max_overflow=40)
+    # A server that does not answer at all (a network cut) fails the connection in seconds,
+    # so requests answer 503 instead of hanging.
+    engine = create_engine(_with_driver(url), pool_size=10, max_overflow=40,
+                           connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
     event.listen(engine, "checkin", _note_checkin)
     event.listen(engine, "checkout", lambda *args: ping_if_idle(*args, after_s=ping_after_idle_s))
     return engine
@@ -85,9 +89,13 @@ def upgrade_schema(engine: Engine, revision: str = "head") -> None:
         command.upgrade(config, revision)
 
 
-# What a database that cannot be reached raises (down, restarting, the network): unlike
-# a statement it refuses, trying again later is the answer.
-UNREACHABLE = (OperationalError, InterfaceError)
+def unreachable(error: BaseException) -> bool:
+    """Whether the database could not be reached (down, restarting, the network), so that
+    trying again later is the answer: a connection that broke under a statement (SQLAlchemy
+    invalidates it), or one that could not be made. A statement the database refused
+    (a deadlock, a timeout, SQLite's lock) is not that."""
+    return isinstance(error, DBAPIError) and (
+        error.connection_invalidated or (isinstance(error, OperationalError) and error.statement is None))
 
 
 def reason(error: BaseException) -> str:

@@ -17,7 +17,7 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.cluster import Cluster
-from services.database import UNREACHABLE, Reachability
+from services.database import Reachability, unreachable
 from services.datasets import describe, load_dataset
 from services.lifecycle import (adopt_orphaned_job, claim_next_job, hold_leases, move_fold, move_job,
                                 renew_leases)
@@ -28,7 +28,7 @@ from services.splits import fold_plans
 from services.states import FINISHED_FOLD, FoldStatus, JobStatus
 from services.tracking import Tracker
 from workers.events import EpochEnded, FoldStarted, ProgressEvent
-from workers.results import FoldResult
+from workers.results import Ending, FoldResult
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class LeaseLost(RuntimeError):
 
 class Dispatcher:
     def __init__(self, *, sessions: sessionmaker[Session], cluster: Cluster, tracker: Tracker,
-                 max_active_jobs: int = 2, poll_interval_s: float = 0.5, lease_s: float = 30.0):
+                 max_active_jobs: int, poll_interval_s: float = 0.5, lease_s: float = 30.0):
         self.sessions, self.cluster, self.tracker = sessions, cluster, tracker
         self.max_active_jobs, self.poll_interval_s, self.lease_s = max_active_jobs, poll_interval_s, lease_s
         self.dispatcher_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
@@ -60,10 +60,11 @@ class Dispatcher:
             try:
                 self.tick()
                 self.database.succeeded()
-            except UNREACHABLE as error:  # a line when it goes, one when it is back
-                self.database.failed(error)
-            except Exception:  # one bad tick must not kill the service; log and go on
-                log.exception("dispatcher tick failed")
+            except Exception as error:  # one bad tick must not kill the service; log and go on
+                if unreachable(error):
+                    self.database.failed(error)  # a line when it goes, one when it is back
+                else:
+                    log.exception("dispatcher tick failed")
             stop.wait(self.poll_interval_s)
 
     def tick(self) -> None:
@@ -216,7 +217,7 @@ class Dispatcher:
             active = self.active[job_id]
             for ref in refs:
                 for result in self.cluster.results(ref, active.tasks[ref]):
-                    if active.cancelling and result.status != "succeeded":
+                    if active.cancelling and result.status is not Ending.SUCCEEDED:
                         result = FoldResult.cancelled(result.index)  # killed by us, whatever Ray says
                     self.finish_fold(session, active.job_id, result)
             session.commit()
@@ -231,13 +232,13 @@ class Dispatcher:
         fold = session.scalar(select(Fold).where(Fold.job_id == job_id, Fold.index == result.index))
         if fold.status in FINISHED_FOLD:
             return
-        if result.status == "cancelled":
+        if result.status is Ending.CANCELLED:
             move_fold(fold, FoldStatus.CANCELLED)
             self.tracker.finish_fold(fold.mlflow_run_id, status="cancelled")
             return
         if fold.status is FoldStatus.PENDING:
             move_fold(fold, FoldStatus.RUNNING)  # it ended before its start was reported
-        if result.status == "succeeded":
+        if result.status is Ending.SUCCEEDED:
             record_best(fold, result.best_epoch, result.best_metrics)
             fold.test_metrics = result.test_metrics
             move_fold(fold, FoldStatus.SUCCEEDED)

@@ -39,6 +39,17 @@ def whole(value):
 def integer(**bounds):
     """An integer within `bounds` (ge, le), given as 3 or as 3.0."""
     return Annotated[int, Field(**bounds), BeforeValidator(whole)]
+
+
+Width = integer(ge=1, le=MAX_LAYER_WIDTH)
+Channels = integer(ge=1, le=512)
+Rows = integer(ge=30, le=2_000_000)
+Features = integer(ge=2, le=1000)
+Classes = integer(ge=2, le=100)
+Seed = integer(ge=0, le=2**31 - 1)
+Patience = integer(ge=1, le=1000)
+Folds = integer(ge=3, le=20)
+Epochs = integer(ge=1, le=10_000)
 LearningRate = Annotated[float, Field(gt=0, le=10, description="α, > 0")]
 Beta = Annotated[float, Field(ge=0, lt=1, description="in [0, 1)")]
 Epsilon = Annotated[float, Field(gt=0, le=1)]
@@ -84,9 +95,6 @@ OptimizerSpec = Annotated[Union[SGDSpec, MomentumSpec, RMSpropSpec, AdamSpec],
                           Field(discriminator="name")]
 
 
-Width = integer(ge=1, le=MAX_LAYER_WIDTH)
-
-
 class MLPSpec(StrictModel):
     """Dense layers, for tabular data."""
     config_type = MLPConfig
@@ -101,7 +109,7 @@ class CNNSpec(StrictModel):
     """3×3 convolutions (one per entry of `channels`), then dense layers; image datasets only."""
     config_type = CNNConfig
     type: Literal["cnn"]
-    channels: list[integer(ge=1, le=512)] = Field(
+    channels: list[Channels] = Field(
         default_factory=lambda: [16, 32], min_length=1, max_length=4)
     hidden: list[Width] = Field(default_factory=lambda: [64], max_length=MAX_HIDDEN_LAYERS)
     batch_norm: bool = False
@@ -129,10 +137,10 @@ class DatasetSpec(StrictModel):
     synthetic_regression are regression tasks, the others classification."""
     name: Literal["digits", "iris", "wine", "breast_cancer", "diabetes", "synthetic",
                   "synthetic_regression"]
-    rows: integer(ge=30, le=2_000_000) | None = None
-    features: integer(ge=2, le=1000) | None = None
-    classes: integer(ge=2, le=100) | None = None
-    seed: integer(ge=0) | None = None
+    rows: Rows | None = None
+    features: Features | None = None
+    classes: Classes | None = None
+    seed: Seed | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -171,13 +179,13 @@ class DatasetSpec(StrictModel):
         # What is accepted, as a schema can say it: a dataset's name alone (a generated one
         # at its default size), or an object with a bundled dataset's name and nothing
         # else, or a generated dataset's name and the sizes it takes.
-        fields = handler.resolve_ref_schema(handler(core_schema))["properties"]
+        generated = handler.resolve_ref_schema(handler(core_schema))["properties"]
 
         def object_form(names, takes: dict) -> dict:
             properties = {"name": {"type": "string", "enum": list(names)}}
-            for field, default in takes.items():
-                integer = next(choice for choice in fields[field]["anyOf"] if choice["type"] == "integer")
-                properties[field] = {**integer, "default": default}
+            for size, default in takes.items():
+                number = next(choice for choice in generated[size]["anyOf"] if choice["type"] == "integer")
+                properties[size] = {**number, "default": default}
             return {"type": "object", "properties": properties, "required": ["name"],
                     "additionalProperties": False}
 
@@ -190,14 +198,14 @@ class DatasetSpec(StrictModel):
 class EarlyStoppingSpec(StrictModel):
     config_type = StoppingConfig
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
-    patience: integer(ge=1, le=1000) = 10
+    patience: Patience = 10
     min_delta: float = Field(0.0, ge=0)
 
 
 class CVSpec(StrictModel):
-    folds: integer(ge=3, le=20) = Field(5, description="k ≥ 3: one test, one validation, ≥ 1 training group")
+    folds: Folds = Field(5, description="k ≥ 3: one test, one validation, ≥ 1 training group")
     stratify: bool = True
-    seed: integer(ge=0, le=2**31 - 1) = 0
+    seed: Seed = 0
 
 
 class ResourcesSpec(StrictModel):
@@ -214,7 +222,7 @@ class JobSpec(StrictModel):
     batch_size: Union[int, Literal["full"]] = Field(
         64, description='samples per mini-batch: 1 (stochastic) to 1,000,000, or "full" '
                         '(classic gradient descent, one step per epoch)')
-    max_epochs: integer(ge=1, le=10_000) = 100
+    max_epochs: Epochs = 100
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     cv: CVSpec = Field(default_factory=CVSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)

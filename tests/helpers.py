@@ -202,7 +202,7 @@ def running_service(database_url: str, folder: Path, lease_s: float = 30.0):
     upgrade_schema(engine)
     tracker = Tracker(tracking_uri=settings.resolved_tracking_uri(), artifacts_dir=settings.artifacts_dir())
     dispatcher = Dispatcher(sessions=session_factory(engine), cluster=Cluster(), tracker=tracker,
-                            poll_interval_s=0.2, lease_s=lease_s)
+                            max_active_jobs=settings.max_active_jobs, poll_interval_s=0.2, lease_s=lease_s)
     stop = threading.Event()
     threading.Thread(target=dispatcher.run_forever, args=(stop,), daemon=True).start()
     try:

@@ -102,3 +102,9 @@ def test_the_api_does_not_import_the_training_stack():
                          cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_folds_ending_is_one_of_its_end_states():
+    from services.states import FINISHED_FOLD
+    from workers.results import Ending
+    assert {ending.value for ending in Ending} == {status.value for status in FINISHED_FOLD}

@@ -79,6 +79,7 @@ def test_mlflow_links_open_the_model_training_view_in_a_real_browser(served, tmp
     assert "<strong>4</strong> matching runs" in doms["experiment"]  # the runs table: the job and its folds
     assert ">0 · fold of iris-test<" in doms["fold"]  # the index first
 
+
 def experiments_in(ui: str) -> set[str]:
     found = httpx.post(f"{ui}/api/2.0/mlflow/experiments/search", json={"max_results": 100}).json()
     return {e["name"] for e in found.get("experiments", [])}

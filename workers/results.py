@@ -1,16 +1,21 @@
 """What became of one fold: the one result type from the training loop to the dispatcher."""
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
-from typing import Literal
 
-Status = Literal["succeeded", "failed", "cancelled"]  # a fold's end states (services.states)
+
+class Ending(str, enum.Enum):
+    """How a fold ended: the end states of services.states.FoldStatus, with its values."""
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
 class FoldResult:
     index: int
-    status: Status
+    status: Ending
     best_epoch: int = 0
     epochs_run: int = 0
     best_metrics: dict[str, float] = field(default_factory=dict)  # validation, at best_epoch
@@ -20,8 +25,8 @@ class FoldResult:
 
     @classmethod
     def failed(cls, index: int, error: str, epochs_run: int = 0) -> "FoldResult":
-        return cls(index, "failed", epochs_run=epochs_run, error=error)
+        return cls(index, Ending.FAILED, epochs_run=epochs_run, error=error)
 
     @classmethod
     def cancelled(cls, index: int) -> "FoldResult":
-        return cls(index, "cancelled")
+        return cls(index, Ending.CANCELLED)

@@ -41,8 +41,9 @@ class Board(Protocol):
         """Return once every event reported so far has reached the board."""
 
 
-def task_device(config: TrainingConfig, gpu_assigned: bool) -> torch.device:
-    torch.set_num_threads(max(1, int(config.resources.cpus_per_fold)))  # the task's CPU share
+def use_task_resources(config: TrainingConfig, gpu_assigned: bool) -> torch.device:
+    """Keep torch to the task's CPU share (its threads), and say where it trains."""
+    torch.set_num_threads(max(1, int(config.resources.cpus_per_fold)))
     return torch.device("cuda" if gpu_assigned and torch.cuda.is_available() else "cpu")
 
 
@@ -53,9 +54,11 @@ def worker_name() -> str:
 def run_task(data: tuple[np.ndarray, np.ndarray, DataInfo], plans: list[FoldPlan],
              config: TrainingConfig, *, job_id: str, board: Board, gpu_assigned: bool) -> list[FoldResult]:
     """Train these folds (one, or all of a job's when packed) and report on the board."""
+    if not config.pack_folds and len(plans) != 1:
+        raise ValueError(f"an unpacked task trains one fold, not {len(plans)}")
     x, y, info = data
-    device = task_device(config, gpu_assigned)
-    key = PACK if config.pack_folds else plans[0].index
+    device = use_task_resources(config, gpu_assigned)
+    key = PACK if config.pack_folds else plans[0].index  # where its checkpoints go
     resume_from = board.checkpoint(key)  # set when this is a retry
     resumed_after = checkpoint_epoch(resume_from) if resume_from else 0
     for plan in plans:
@@ -78,6 +81,8 @@ def train_folds(x: np.ndarray, y: np.ndarray, info: DataInfo, plans: list[FoldPl
                 resume_from: bytes | None = None) -> list[FoldResult]:
     """These folds one after the other, or together as one stacked model when the job
     packs them. `resume_from` is the checkpoint of the pack, or of the one fold."""
+    if resume_from is not None and not config.pack_folds and len(plans) != 1:
+        raise ValueError("a checkpoint resumes a pack or one fold, not several unpacked folds")
     if config.pack_folds:
         return run_packed_folds(x, y, info, plans, config, device=device, callbacks=callbacks,
                                 resume_from=resume_from)

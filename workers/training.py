@@ -16,7 +16,7 @@ from workers.callbacks import Callbacks, EpochReport
 from workers.checkpointing import Progress, weights_bytes
 from workers.early_stopping import EarlyStopping
 from workers.graphed import StepGraph, step_graph
-from workers.results import FoldResult
+from workers.results import Ending, FoldResult
 from workers.tasks import Classification, Regression
 
 EVAL_CHUNK = 8192  # rows per forward pass when evaluating; bounds the memory used
@@ -156,5 +156,5 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, *, index
         callbacks.epoch_ended(index, EpochReport(progress.epoch, metrics, stopper.best_epoch))
         callbacks.after_epoch(progress)
     model.load_state_dict(stopper.best_state)
-    return FoldResult(index, "succeeded", stopper.best_epoch, progress.epoch, stopper.best_metrics,
+    return FoldResult(index, Ending.SUCCEEDED, stopper.best_epoch, progress.epoch, stopper.best_metrics,
                       evaluate(model, task, test), weights_bytes(stopper.best_state))

@@ -7,8 +7,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
-from services.database import UNREACHABLE, reason
+from services.database import reason, unreachable
 
 router = APIRouter(tags=["health"])
 
@@ -24,7 +25,9 @@ def healthz(request: Request) -> JSONResponse:
     try:
         with request.app.state.sessions() as session:
             session.execute(text("SELECT 1"))
-    except UNREACHABLE as error:
+    except DBAPIError as error:
+        if not unreachable(error):
+            raise
         request.app.state.database.failed(error)
         return JSONResponse({"status": "unavailable", "database": f"unreachable: {reason(error)}"},
                             status_code=503, headers={"Retry-After": "5"})

@@ -37,6 +37,7 @@ async def submit_job(spec: JobSpec, request: Request, settings: SettingsDep, own
     # Stored together with whatever else is being submitted (api/batching.py).
     submission = prepare(spec, owner, idempotency_key)
     job, created = await batcher_for(request.app).submit(submission)
+    request.app.state.database.succeeded()  # stored: say so if it had been unreachable
     return as_json(job_out(job, settings.mlflow_ui_url), status.HTTP_201_CREATED if created else 200,
                    headers={"Location": f"/jobs/{job.id}"})
 

@@ -128,3 +128,17 @@ def test_healthz_and_openapi(client):
     assert client.get("/healthz").json() == {"status": "ok", "database": "ok"}
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/healthz"} <= set(paths)
+
+
+def test_a_statement_the_database_refuses_is_a_server_error_not_an_outage(settings, sessions, engine):
+    """503 with Retry-After is for a database that cannot be reached; a broken schema
+    (here: a table gone) must not pass for one, or it would be retried for ever."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy import text
+
+    from api.main import create_app
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE jobs RENAME TO jobs_gone"))
+    with TestClient(create_app(settings, sessions), raise_server_exceptions=False) as client:
+        response = client.get("/jobs")
+    assert response.status_code == 500 and "retry-after" not in response.headers

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from services.database import make_engine
-from tests.helpers import POSTGRES_ADMIN, fresh_database
+from tests.helpers import POSTGRES_ADMIN, fresh_database, postgres_available
 
 
 @pytest.fixture
@@ -44,3 +44,32 @@ def test_a_connection_used_a_moment_ago_is_not_pinged(postgres_url):
         backend_pid(engine)  # not pinged: the dead connection was used as it was
     assert backend_pid(engine) != first
     engine.dispose()
+
+
+def test_only_a_database_that_cannot_be_reached_counts_as_unreachable(tmp_path):
+    """Down, restarting or cut off: try again later (503). A statement the database
+    refuses (SQLite's lock, a missing table, a deadlock) is not that."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from services.database import make_engine, unreachable
+    from tests.helpers import free_port
+
+    def error_of(url: str, statement: str) -> DBAPIError:
+        engine = make_engine(url)
+        try:
+            with engine.connect() as connection:
+                connection.execute(text(statement))
+        except DBAPIError as error:
+            return error
+        finally:
+            engine.dispose()
+        raise AssertionError("no error")
+
+    nobody_listens = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    assert unreachable(error_of(nobody_listens, "SELECT 1"))
+    assert not unreachable(error_of(f"sqlite:///{tmp_path / 'x.db'}", "SELECT * FROM missing"))
+    if postgres_available():
+        assert not unreachable(error_of(POSTGRES_ADMIN, "SELECT * FROM missing"))
+        assert not unreachable(error_of(POSTGRES_ADMIN, "SET statement_timeout = 1; SELECT pg_sleep(1)"))
+    assert not unreachable(ValueError("not a database error"))

@@ -70,7 +70,8 @@ def test_a_tick_that_fails_midway_loses_no_epoch_and_logs_none_twice(ray_session
     with sessions() as session:
         job_id = store_job(session, small_job(max_epochs=8, early_stopping={"patience": 100})).id
     tracker = FlakyTracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifacts_dir=tmp_path / "art")
-    dispatcher = Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker, poll_interval_s=0.2)
+    dispatcher = Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker, max_active_jobs=2,
+                            poll_interval_s=0.2)
     failures = []
 
     def finished():
@@ -101,7 +102,7 @@ def test_a_dispatcher_that_lost_a_job_writes_nothing_more_to_it(ray_session, tmp
     with sessions() as session:
         job_id = store_job(session, small_job(**SLOW_FOLDS)).id
     tracker = Tracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifacts_dir=tmp_path / "art")
-    stalled = Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker)
+    stalled = Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker, max_active_jobs=2)
     stalled.tick()
     assert job_id in stalled.active
     with sessions() as session:  # meanwhile another dispatcher adopted the job

@@ -19,7 +19,7 @@ from workers.plans import DataInfo, FoldPlan
 CPU = torch.device("cpu")
 OPTIMIZER_TYPES = {"sgd": SGDConfig, "momentum": MomentumConfig, "rmsprop": RMSpropConfig,
                    "adam": AdamConfig}
-# The lecture's values, as the job spec's defaults have them (tests/test_project.py checks).
+# The lecture's values, as the job spec's defaults have them (tests/services/test_spec.py checks).
 LECTURE_VALUES = {"momentum": {"beta": 0.9}, "rmsprop": {"beta": 0.9, "eps": 1e-8},
                   "adam": {"beta1": 0.9, "beta2": 0.98, "eps": 1e-8, "bias_correction": True}}
 

@@ -14,6 +14,7 @@ from workers.models import build_model
 from workers.packed.fold import run_packed_folds
 from workers.plans import DataInfo
 
+
 def assert_same_training(unpacked, unpacked_reports, packed, packed_reports):
     """Same best and last epochs, test metrics and epoch reports, to float64 rounding."""
     for alone, together in zip(unpacked, packed):

@@ -21,7 +21,7 @@ from workers.graphed import CapturedStep, fallible_capture
 from workers.packed.checkpointing import PackedProgress
 from workers.packed.model import PackedMLP
 from workers.packed.optimizer import PackedOptimizer
-from workers.results import FoldResult
+from workers.results import Ending, FoldResult
 from workers.training import (EVAL_CHUNK, LossAverage, Split, Task, TrainingDiverged, check_finite,
                               epoch_metrics)
 
@@ -228,5 +228,5 @@ def fold_result(fold: PackedFold, test_sums: list[float], n_test: int) -> FoldRe
     if fold.error:
         return FoldResult.failed(fold.index, fold.error, fold.epochs_done)
     stopper = fold.stopper
-    return FoldResult(fold.index, "succeeded", stopper.best_epoch, fold.epochs_done, stopper.best_metrics,
+    return FoldResult(fold.index, Ending.SUCCEEDED, stopper.best_epoch, fold.epochs_done, stopper.best_metrics,
                       fold.task.metrics(test_sums, n_test), weights_bytes(stopper.best_state))
