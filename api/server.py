@@ -145,7 +145,7 @@ def serve(settings: Settings, *, with_ui: bool = True) -> None:
         ensure_free(*ui_address(settings), "the MLflow UI", "CROSSFOLD_MLFLOW_UI_URL")
     # Kept open, never written: when this process ends, however it ends, the watchdog
     # ends Ray's processes and the MLflow UI it started.
-    watchdog.start(os.getpid())
+    watchdog.start(os.getpid(), settings.data_dir.resolve() / "watchdog.log")
     dispatcher = build_dispatcher(settings)  # creates the MLflow store before the UI opens it
     stop = threading.Event()
     thread = threading.Thread(target=dispatcher.run_forever, args=(stop,), daemon=True,

@@ -10,7 +10,7 @@ service is gone, ends every one of them (SIGTERM, then SIGKILL after a grace per
 It learns of the death through a pipe: the service holds the only write end, which
 the kernel closes when the service dies, however it dies. Linux only (it reads /proc).
 
-    python -m api.watchdog SERVICE_PID PIPE_FD
+    python -m api.watchdog SERVICE_PID PIPE_FD LOG_FILE
 """
 from __future__ import annotations
 
@@ -28,15 +28,17 @@ GRACE_S = 5.0
 Process = tuple[int, int]  # (pid, start time in clock ticks): a pid is reused, the pair is not
 
 
-def start(service_pid: int) -> int | None:
+def start(service_pid: int, log_file: Path) -> int | None:
     """Start the watchdog for this process; returns the write end the service must keep
-    open for its lifetime, or None where there is no /proc to watch with."""
+    open for its lifetime, or None where there is no /proc to watch with. What the
+    watchdog ends goes to `log_file`."""
     if not Path("/proc/self/stat").exists():
         return None
     read_end, write_end = os.pipe()  # both non-inheritable: no other child holds them
-    subprocess.Popen([sys.executable, "-m", "api.watchdog", str(service_pid), str(read_end)],
-                     pass_fds=(read_end,), start_new_session=True,
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    with open(log_file, "ab") as log:
+        subprocess.Popen([sys.executable, "-m", "api.watchdog", str(service_pid), str(read_end)],
+                         pass_fds=(read_end,), start_new_session=True,
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     os.close(read_end)
     return write_end
 
@@ -84,8 +86,13 @@ def end_all(processes: set[Process], grace_s: float = GRACE_S) -> None:
 def watch(service_pid: int, pipe_fd: int) -> None:
     known: set[Process] = set()
     while not select.select([pipe_fd], [], [], SNAPSHOT_EVERY_S)[0]:
-        known = {p for p in descendants(service_pid) if p[0] != os.getpid()}
+        # Kept while alive, not replaced: a look taken as the service dies finds its children
+        # already moved to another parent, and must not forget them.
+        known = {p for p in known if alive(p)} | {p for p in descendants(service_pid) if p[0] != os.getpid()}
     # Readable: EOF, the service is gone (it never writes). What it started goes too.
+    left = [p for p in known if alive(p)]
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} service {service_pid} ended; ending the "
+          f"{len(left)} processes it left: {sorted(pid for pid, _ in left)}", flush=True)
     end_all(known)
 
 
