@@ -4,6 +4,7 @@
     crossfold api | dispatcher      one process each (production, docker-compose.yml)
     crossfold submit FILE [--wait]  submit a job spec (JSON); --wait follows its folds
     crossfold status ID | list | cancel ID
+    crossfold datasets upload FILE [--name NAME] | list | show ID | delete ID
     crossfold keys create --owner NAME   a new API key, printed once (needs the database)
     crossfold demo FILE             serve, submit FILE, follow it, print the fold table
 """
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 from api.client import ApiError, JobsClient
-from api.progress import FINISHED, fold_table, follow, job_lines
+from api.progress import FINISHED, dataset_lines, fold_table, follow, job_lines, upload_bar
 from services.states import JobStatus
 
 DEFAULT_URL = os.environ.get("CROSSFOLD_URL", "http://127.0.0.1:8000")
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=20)
     cancel = commands.add_parser("cancel", help="cancel a job")
     cancel.add_argument("job_id")
+    add_dataset_commands(commands)
     keys = commands.add_parser("keys", help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     create = key_commands.add_parser("create", help="create a key for an owner; printed once")
@@ -55,6 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="serve, submit a job and follow it, then keep serving")
     demo.add_argument("file", type=Path)
     return parser
+
+
+def add_dataset_commands(commands) -> None:
+    datasets = commands.add_parser("datasets", help="upload and manage datasets (CSV or Parquet)")
+    dataset_commands = datasets.add_subparsers(dest="datasets_command", required=True)
+    upload = dataset_commands.add_parser("upload", help="upload a CSV or Parquet file")
+    upload.add_argument("file", type=Path)
+    upload.add_argument("--name", help="the dataset's name (default: the file's, without extension)")
+    dataset_commands.add_parser("list", help="your datasets and the bundled ones")
+    show = dataset_commands.add_parser("show", help="a dataset and its columns")
+    show.add_argument("dataset_id")
+    delete = dataset_commands.add_parser("delete", help="delete a dataset and its stored file")
+    delete.add_argument("dataset_id")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,6 +164,28 @@ def cancel_command(args) -> int:
     return 0
 
 
+def datasets_command(args) -> int:
+    client = client_for(args)
+    if args.datasets_command == "upload":
+        if not args.file.is_file():
+            raise ApiError(f"no such file: {args.file}")
+        dataset = client.upload_dataset(args.file, args.name, progress=upload_bar())
+        print("\n".join(dataset_lines(dataset)))
+    elif args.datasets_command == "list":
+        page = client.datasets()
+        for dataset in page["items"]:
+            kind = "bundled" if dataset["bundled"] else dataset["format"]
+            print(f"{dataset['id']:<36}  {dataset['name']:<24} {dataset['rows']:>10,} rows  "
+                  f"{len(dataset['columns']):>4} columns  {kind}")
+        print(f"{len(page['items'])} of {page['total']} datasets")
+    elif args.datasets_command == "show":
+        print("\n".join(dataset_lines(client.dataset(args.dataset_id))))
+    else:
+        client.delete_dataset(args.dataset_id)
+        print(f"dataset {args.dataset_id} deleted")
+    return 0
+
+
 def keys_command(args) -> int:
     from services.auth import create_key
     from services.database import make_engine, session_factory, upgrade_schema
@@ -201,7 +238,8 @@ def wait_until_healthy(client: JobsClient, server: subprocess.Popen, timeout: fl
 
 COMMANDS = {"serve": serve_command, "api": api_command, "dispatcher": dispatcher_command,
             "submit": submit_command, "status": status_command, "list": list_command,
-            "cancel": cancel_command, "keys": keys_command, "demo": demo_command}
+            "cancel": cancel_command, "datasets": datasets_command, "keys": keys_command,
+            "demo": demo_command}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,10 @@
 """A small HTTP client for the job API, used by the CLI."""
 from __future__ import annotations
 
+import io
+from pathlib import Path
+from typing import Callable
+
 import httpx
 
 
@@ -27,6 +31,24 @@ class JobsClient:
     def cancel(self, job_id: str) -> dict:
         return self._call("POST", f"/jobs/{job_id}/cancel")
 
+    def upload_dataset(self, path: Path, name: str | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> dict:
+        """Stream the file (never read whole); `progress(sent, total)` as it goes."""
+        size = path.stat().st_size
+        with open(path, "rb") as raw:
+            file = ProgressReader(raw, size, progress) if progress else raw
+            return self._call("POST", "/datasets", files={"file": (path.name, file)},
+                              data={"name": name} if name else {}, timeout=None)
+
+    def datasets(self, limit: int = 200) -> dict:
+        return self._call("GET", "/datasets", params={"limit": limit})
+
+    def dataset(self, dataset_id: str) -> dict:
+        return self._call("GET", f"/datasets/{dataset_id}")
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self._call("DELETE", f"/datasets/{dataset_id}")
+
     def healthy(self) -> bool:
         try:
             return self.http.get("/healthz").status_code == 200
@@ -40,7 +62,7 @@ class JobsClient:
             raise ApiError(f"cannot reach {self.http.base_url}: {error}") from error
         if response.status_code >= 400:
             raise ApiError(f"{response.status_code}: {describe_error(response)}")
-        return response.json()
+        return response.json() if response.content else {}
 
 
 def describe_error(response: httpx.Response) -> str:
@@ -52,3 +74,20 @@ def describe_error(response: httpx.Response) -> str:
     if isinstance(detail, list):
         return "; ".join(".".join(str(p) for p in d["loc"][1:]) + f": {d['msg']}" for d in detail)
     return str(detail)
+
+
+class ProgressReader(io.RawIOBase):
+    """A file that tells how much of it has been read: httpx streams an upload by reading
+    it in chunks, so this is how far the upload has gone."""
+
+    def __init__(self, raw, size: int, progress: Callable[[int, int], None]):
+        self.raw, self.size, self.progress, self.done = raw, size, progress, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.raw.read(size)
+        self.done += len(chunk)
+        self.progress(self.done, self.size)
+        return chunk

@@ -11,13 +11,15 @@ class BodyLimit:
 
     The body is read here, up to the limit, and handed to the app afterwards: bodies are
     small JSON job specs, and reading first is what lets the answer be a clean 413.
+    Uploads (`streamed`: method and path) pass through: they stream to disk under a
+    limit of their own (api/uploads.py).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, streamed: frozenset[tuple[str, str]] = frozenset()):
+        self.app, self.max_bytes, self.streamed = app, max_bytes, streamed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (scope["method"], scope["path"]) in self.streamed:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:

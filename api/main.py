@@ -20,11 +20,14 @@ from starlette.exceptions import HTTPException
 
 from api.batching import Interrupted, StoreFailed, batcher_for
 from api.limits import BodyLimit
-from api.routes import health, jobs
+from api.routes import datasets, health, jobs
 from services.database import (Reachability, make_engine, session_factory, unreachable,
                                upgrade_schema)
-from services.datasets import describe_every_bundled_dataset
-from services.errors import IdempotencyConflict, InvalidJob, JobAlreadyFinished, JobNotFound
+from services.dataset_store import DatasetStore
+from services.datasets import describe_every_bundled_dataset, register_bundled
+from services.errors import (BundledDataset, DatasetInUse, DatasetNameTaken, DatasetNotFound,
+                             IdempotencyConflict, InvalidDataset, InvalidJob, JobAlreadyFinished,
+                             JobNotFound, UnsupportedFormat, UploadTooLarge)
 from services.models import LOCAL_OWNER
 from services.settings import Settings, get_settings
 
@@ -49,9 +52,12 @@ def create_app(settings: Settings | None = None,
     describe_authentication(app, settings.requires_auth())
     app.state.batchers = weakref.WeakKeyDictionary()  # one SubmissionBatcher per event loop
     app.state.database = Reachability(log, "API")
+    app.state.store = DatasetStore(settings.resolved_dataset_store())
     app.include_router(jobs.router)
+    app.include_router(datasets.router)
     app.include_router(health.router)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
+                       streamed=frozenset({("POST", "/datasets")}))
     add_error_handlers(app)
     if not settings.requires_auth():
         log.warning("authentication is OFF: every caller is owner %r (the API listens on %s only)",
@@ -98,6 +104,8 @@ def lifespan(threads: int):
     async def run(app: FastAPI):
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads
         describe_every_bundled_dataset()
+        with app.state.sessions() as session:
+            register_bundled(session=session, store=app.state.store)
         freeze_start_up_objects()
         yield
         await batcher_for(app).close()  # answer what is queued before stopping
@@ -133,10 +141,11 @@ def add_error_handlers(app: FastAPI) -> None:
     async def not_found(_: Request, error: JobNotFound):
         return JSONResponse({"detail": f"job {error} not found"}, status_code=404)
 
-    @app.exception_handler(JobAlreadyFinished)
-    @app.exception_handler(IdempotencyConflict)
-    async def conflict(_: Request, error: Exception):
-        return JSONResponse({"detail": str(error)}, status_code=409)
+    # The other domain errors say what is wrong themselves; their class sets the status.
+    for error_type, code in {DatasetNotFound: 404, JobAlreadyFinished: 409, IdempotencyConflict: 409,
+                             DatasetInUse: 409, DatasetNameTaken: 409, BundledDataset: 403,
+                             InvalidDataset: 422, UnsupportedFormat: 415, UploadTooLarge: 413}.items():
+        app.add_exception_handler(error_type, as_status(code))
 
     @app.exception_handler(StoreFailed)
     async def unavailable(request: Request, error: StoreFailed):
@@ -165,6 +174,12 @@ def add_error_handlers(app: FastAPI) -> None:
         loc = ["body", *error.field.split(".")]
         return JSONResponse({"detail": [{"loc": loc, "msg": error.message,
                                          "type": "value_error"}]}, status_code=422)
+
+
+def as_status(code: int):
+    async def handler(_: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=code)
+    return handler
 
 
 def methods_on_path(request: Request) -> set[str]:

@@ -71,3 +71,45 @@ def fold_table(job: dict) -> str:
 
 def number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def upload_bar(out: TextIO | None = None, min_bytes: int = 8 << 20) -> Callable[[int, int], None]:
+    """A progress bar for an upload, drawn on a terminal for files of `min_bytes` or more."""
+    out = out or sys.stderr
+    shown = [-1]
+
+    def draw(sent: int, total: int) -> None:
+        if total < min_bytes or not out.isatty():
+            return
+        percent = int(100 * sent / max(total, 1))
+        if percent != shown[0]:
+            filled = percent * BAR_WIDTH // 100
+            out.write(f"\r[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {percent:3d}% of "
+                      f"{total / 2**20:,.0f} MiB" + ("\n" if sent >= total else ""))
+            out.flush()
+            shown[0] = percent
+    return draw
+
+
+def dataset_lines(dataset: dict) -> list[str]:
+    """A dataset and a line per column: type, missing values, summary."""
+    lines = [f"dataset {dataset['id']} ({dataset['name']}{', bundled' if dataset['bundled'] else ''}): "
+             f"{dataset['rows']:,} rows, {len(dataset['columns'])} columns, {dataset['format']}, "
+             f"{dataset['size']:,} bytes, sha256 {dataset['digest'][:12]}"]
+    width = max(len(c["name"]) for c in dataset["columns"])
+    for column in dataset["columns"]:
+        lines.append(f"  {column['name']:<{width}}  {column['type']:<12} missing {column['missing']:<6} "
+                     f"{summary_text(column['summary'])}")
+    return lines
+
+
+def summary_text(summary: dict) -> str:
+    if "mean" in summary:
+        infinite = f" infinite {summary['infinite']}" if summary.get("infinite") else ""
+        return (f"min {summary['min']:.4g} max {summary['max']:.4g} mean {summary['mean']:.4g} "
+                f"std {summary['std']:.4g}{infinite}")
+    if "top" in summary:
+        distinct = summary["distinct"] if summary["distinct"] is not None else f">{summary['distinct_over']}"
+        top = ", ".join(f"{value} ({count})" for value, count in summary["top"][:5])
+        return f"distinct {distinct}: {top}"
+    return " ".join(f"{key} {value}" for key, value in summary.items() if value is not None)

@@ -5,7 +5,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from services.models import Fold, Job
+from services.models import BUNDLED_OWNER, Dataset, Fold, Job
 from services.results import experiment_link, mlflow_link
 from services.states import FoldStatus, JobStatus
 
@@ -73,3 +73,40 @@ def job_out(job: Job, ui_url: str) -> JobOut:
                   mlflow_experiment_id=job.mlflow_experiment_id, mlflow_run_id=job.mlflow_run_id,
                   mlflow_url=mlflow_link(ui_url, job.mlflow_experiment_id, job.mlflow_run_id),
                   mlflow_experiment_url=experiment_link(ui_url, job.mlflow_experiment_id))
+
+
+class ColumnOut(BaseModel):
+    name: str
+    type: str = Field(description="the stored (Arrow) type: int64, double, string, bool, date32[day]...")
+    kind: str = Field(description="number, boolean, string, temporal, empty or nested")
+    missing: int
+    summary: dict = Field(description="numbers: min, max, mean, std (finite values), infinite; "
+                                      "strings and booleans: distinct, top [[value, count]]; "
+                                      "dates and times: min, max")
+
+
+class DatasetOut(BaseModel):
+    id: str
+    name: str
+    owner: str
+    bundled: bool
+    format: str = Field(description="as uploaded: csv or parquet")
+    digest: str = Field(description="sha256 of the stored Parquet file")
+    size: int = Field(description="bytes of the stored Parquet file")
+    rows: int
+    created_at: datetime
+    columns: list[ColumnOut]
+
+
+class DatasetPage(BaseModel):
+    items: list[DatasetOut]
+    total: int
+    limit: int
+    offset: int
+
+
+def dataset_out(dataset: Dataset) -> DatasetOut:
+    return DatasetOut(id=dataset.id, name=dataset.name, owner=dataset.owner,
+                      bundled=dataset.owner == BUNDLED_OWNER, format=dataset.format,
+                      digest=dataset.digest, size=dataset.size, rows=dataset.rows,
+                      created_at=dataset.created_at, columns=dataset.columns)

@@ -7,7 +7,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.models import LOCAL_OWNER, ApiKey
+from services.models import BUNDLED_OWNER, LOCAL_OWNER, ApiKey
 
 KEY_PREFIX = "cf_"
 
@@ -24,6 +24,8 @@ def create_key(*, session: Session, owner: str) -> str:
     if owner == LOCAL_OWNER:
         # Jobs submitted while authentication was off belong to this owner.
         raise ValueError(f"{LOCAL_OWNER!r} is reserved for the unauthenticated embedded mode")
+    if owner == BUNDLED_OWNER:
+        raise ValueError(f"{BUNDLED_OWNER!r} is reserved: it owns the bundled datasets")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     session.add(ApiKey(owner=owner, key_hash=hash_key(key)))
     session.commit()

@@ -1,13 +1,26 @@
-"""Built-in datasets, all from scikit-learn's bundled files or generated: nothing is downloaded."""
+"""Built-in datasets, all from scikit-learn's bundled files or generated: nothing is downloaded.
+
+The bundled ones are also stored as ordinary datasets (register_bundled), readable by
+every owner.
+"""
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from sklearn import datasets as sk
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
+from services.dataset_store import DatasetStore
+from services.ingest import ingest
+from services.models import BUNDLED_OWNER, Dataset as StoredDataset
 from services.spec import DatasetSpec
 from workers.plans import DataInfo
 
@@ -102,3 +115,32 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
         return Dataset(x.astype(np.float32), y.astype(np.float32), DataInfo("regression", shape))
     y = y.astype(np.int64)
     return Dataset(x.astype(np.float32), y, DataInfo("classification", shape, int(y.max()) + 1))
+
+
+def bundled_id(name: str) -> str:
+    return f"bundled-{name}"
+
+
+def register_bundled(*, session: Session, store: DatasetStore) -> None:
+    """Store each bundled dataset as an ordinary dataset of BUNDLED_OWNER, once: several
+    processes starting together may each try; the database keeps one."""
+    for name in BUNDLED:
+        if session.get(StoredDataset, bundled_id(name)) is None:
+            register_one(session, store, name)
+
+
+def register_one(session: Session, store: DatasetStore, name: str) -> None:
+    frame = BUNDLED[name](as_frame=True).frame  # the features by name, then `target`
+    task = "regression" if name in REGRESSION else "classification"
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"{name}.parquet"
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+        stored = ingest(path, store, bundled_id(name))
+    extra = {"label": "target", "task": task, "image_shape": list(IMAGE_SHAPES.get(name, ()))}
+    session.add(StoredDataset(id=bundled_id(name), name=name, owner=BUNDLED_OWNER, format="parquet",
+                              uri=store.uri_of(bundled_id(name)), digest=stored.digest, size=stored.size,
+                              rows=stored.rows, columns=stored.columns, extra=extra))
+    try:
+        session.commit()
+    except IntegrityError:  # another process registered it meanwhile: the same file
+        session.rollback()

@@ -4,14 +4,15 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, Boolean, DateTime, Enum, Float, ForeignKey, Integer, String, Text,
-                        TypeDecorator, UniqueConstraint)
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Enum, Float, ForeignKey, Integer, String,
+                        Text, TypeDecorator, UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from services.states import FoldStatus, JobStatus
 
 
 LOCAL_OWNER = "local"  # the owner of every job when authentication is off
+BUNDLED_OWNER = "bundled"  # the owner of the bundled datasets, which every owner can read
 
 
 class Base(DeclarativeBase):
@@ -50,6 +51,8 @@ class Job(Base):
     owner: Mapped[str] = mapped_column(String(100), default=LOCAL_OWNER, server_default=LOCAL_OWNER,
                                        index=True)
     spec: Mapped[dict] = mapped_column(JSON)
+    # The stored dataset it trains on, if any: a dataset in use cannot be deleted.
+    dataset_id: Mapped[str | None] = mapped_column(String(36), index=True)
     # A client's Idempotency-Key and a hash of the body it came with: the same key
     # returns the same job; the same key with another body is a conflict.
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
@@ -107,3 +110,21 @@ class Fold(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     job: Mapped[Job] = relationship(back_populates="folds")
+
+
+class Dataset(Base):
+    """A stored dataset: one Parquet file in the dataset store, and its description."""
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("owner", "name", name="uq_datasets_owner_name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    name: Mapped[str] = mapped_column(String(100))
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    format: Mapped[str] = mapped_column(String(16))        # as uploaded: csv or parquet
+    uri: Mapped[str] = mapped_column(String(1000))          # the stored Parquet file
+    digest: Mapped[str] = mapped_column(String(64))         # sha256 of that file
+    size: Mapped[int] = mapped_column(BigInteger)           # its bytes
+    rows: Mapped[int] = mapped_column(BigInteger)
+    columns: Mapped[list] = mapped_column(JSON)             # services.profiles descriptions
+    extra: Mapped[dict] = mapped_column(JSON, default=dict)  # e.g. a bundled dataset's label and image shape
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_utcnow)

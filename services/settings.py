@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     # Empty means: a local MLflow store (SQLite + artifacts) under data_dir.
     mlflow_tracking_uri: str = ""
     mlflow_ui_url: str = "http://127.0.0.1:5000"
+    # Where datasets are stored, as a pyarrow.fs URI (s3://bucket/prefix on a cluster, which
+    # every Ray node must reach). Empty means: a folder under data_dir.
+    dataset_store: str = ""
+    max_upload_bytes: int = Field(4 * 2**30, ge=1024, description="larger dataset uploads get 413")
     # Empty means: start a local Ray; RAY_ADDRESS (or this) joins an existing cluster.
     ray_address: str = ""
     api_host: str = "127.0.0.1"
@@ -56,6 +60,13 @@ class Settings(BaseSettings):
 
     def resolved_tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{self.data_dir.resolve() / 'mlflow.db'}"
+
+    def resolved_dataset_store(self) -> str:
+        return self.dataset_store or str(self.data_dir.resolve() / "datasets")
+
+    def uploads_dir(self) -> Path:
+        """Where uploads are received before they are checked and stored."""
+        return self.data_dir.resolve() / "uploads"
 
     def artifacts_dir(self) -> Path | None:
         """Artifacts of the local MLflow store; None when an MLflow server keeps them."""

@@ -60,7 +60,7 @@ def test_any_request_gets_a_documented_answer_and_no_server_error(settings, sess
     if database_url.startswith("postgresql"):
         pytest.skip("fuzzed once, on the embedded default: the answers do not depend on the database")
     operations, cases = fuzz_app(create_app(settings, sessions), 300)
-    assert operations == 5 and cases >= 1500, cases  # up to 5 × 300 positive, 2 × 300 negative
+    assert operations == 9 and cases >= 2500, cases  # up to 300 positive and 300 negative each
 
 
 def test_with_authentication_on_every_job_route_enforces_what_it_declares(settings, sessions, database_url):
@@ -73,4 +73,4 @@ def test_with_authentication_on_every_job_route_enforces_what_it_declares(settin
     app = create_app(settings.model_copy(update={"auth_required": True}), sessions)
     assert app.openapi()["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     operations, cases = fuzz_app(app, 60, headers={"Authorization": f"Bearer {key}"})
-    assert operations == 5 and cases >= 300, cases  # up to 5 × 60 positive, 2 × 60 negative
+    assert operations == 9 and cases >= 500, cases  # up to 60 positive and 60 negative each

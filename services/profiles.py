@@ -1,0 +1,141 @@
+"""What a dataset's columns hold, computed in one streaming pass over its record batches.
+
+Per column: its type, how many values are missing, and a summary: min, max, mean and
+standard deviation for numbers (over the finite values; infinities are counted apart),
+the distinct count and most frequent values for strings and booleans, the range for
+dates and times. Memory stays bounded: a column counts at most MAX_DISTINCT distinct
+values exactly; past that it says so instead of a count.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+MAX_DISTINCT = 10_000
+TOP_VALUES = 10
+
+
+def kind_of(data_type: pa.DataType) -> str:
+    """number, boolean, string, temporal or nested: what a job can do with the column."""
+    if pa.types.is_integer(data_type) or pa.types.is_floating(data_type) or pa.types.is_decimal(data_type):
+        return "number"
+    if pa.types.is_boolean(data_type):
+        return "boolean"
+    if pa.types.is_string(data_type) or pa.types.is_large_string(data_type) or pa.types.is_dictionary(data_type):
+        return "string"
+    if pa.types.is_temporal(data_type):
+        return "temporal"
+    if pa.types.is_null(data_type):
+        return "empty"
+    return "nested"
+
+
+class NumberSummary:
+    """Count, mean and sum of squared deviations, merged batch by batch (Chan et al.),
+    so the standard deviation stays exact without a second pass."""
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+        self.minimum = self.maximum = None
+        self.infinite = 0
+
+    def add(self, array: pa.Array) -> None:
+        values = array.cast(pa.float64(), safe=False)
+        finite = pc.filter(values, pc.is_finite(values))
+        self.infinite += len(pc.drop_null(values)) - len(finite)
+        n = len(finite)
+        if n == 0:
+            return
+        mean = pc.mean(finite).as_py()
+        m2 = pc.sum(pc.power(pc.subtract(finite, mean), 2)).as_py()
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.count * n / total
+        self.count = total
+        low, high = pc.min_max(finite).values()
+        self.minimum = low.as_py() if self.minimum is None else min(self.minimum, low.as_py())
+        self.maximum = high.as_py() if self.maximum is None else max(self.maximum, high.as_py())
+
+    def summary(self) -> dict:
+        if self.count == 0:
+            return {"infinite": self.infinite}
+        std = math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 0.0
+        return {"min": self.minimum, "max": self.maximum, "mean": self.mean, "std": std,
+                "infinite": self.infinite}
+
+
+class ValueCounts:
+    """Distinct values and the most frequent ones, for strings and booleans."""
+
+    def __init__(self):
+        self.counts: Counter = Counter()
+        self.overflow = False  # more than MAX_DISTINCT distinct values
+
+    def add(self, array: pa.Array) -> None:
+        for entry in pc.value_counts(pc.drop_null(array)).to_pylist():
+            value = entry["values"]
+            if value in self.counts or len(self.counts) < MAX_DISTINCT:
+                self.counts[value] += entry["counts"]
+            else:
+                self.overflow = True
+
+    def summary(self) -> dict:
+        distinct = None if self.overflow else len(self.counts)
+        return {"distinct": distinct, "distinct_over": MAX_DISTINCT if self.overflow else None,
+                "top": [[value, count] for value, count in self.counts.most_common(TOP_VALUES)]}
+
+
+class RangeSummary:
+    def __init__(self):
+        self.minimum = self.maximum = None
+
+    def add(self, array: pa.Array) -> None:
+        if len(pc.drop_null(array)) == 0:
+            return
+        low, high = pc.min_max(array).values()
+        self.minimum = low if self.minimum is None else pc.min_element_wise(self.minimum, low)
+        self.maximum = high if self.maximum is None else pc.max_element_wise(self.maximum, high)
+
+    def summary(self) -> dict:
+        text = lambda value: None if value is None else str(value.as_py())  # noqa: E731
+        return {"min": text(self.minimum), "max": text(self.maximum)}
+
+
+SUMMARIES = {"number": NumberSummary, "boolean": ValueCounts, "string": ValueCounts,
+             "temporal": RangeSummary}
+
+
+class ColumnProfile:
+    def __init__(self, field: pa.Field):
+        self.name, self.type, self.kind = field.name, field.type, kind_of(field.type)
+        self.missing = 0
+        self.summary = SUMMARIES.get(self.kind, lambda: None)()
+
+    def add(self, array: pa.Array) -> None:
+        self.missing += array.null_count
+        if self.summary is not None:
+            self.summary.add(array)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "type": str(self.type), "kind": self.kind, "missing": self.missing,
+                "summary": self.summary.summary() if self.summary is not None else {}}
+
+
+class TableProfile:
+    """Every column's profile, fed one record batch at a time."""
+
+    def __init__(self, schema: pa.Schema):
+        self.columns = [ColumnProfile(field) for field in schema]
+        self.rows = 0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self.rows += batch.num_rows
+        for profile, array in zip(self.columns, batch.columns):
+            profile.add(array)
+
+    def describe(self) -> list[dict]:
+        return [profile.describe() for profile in self.columns]
