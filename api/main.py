@@ -24,7 +24,7 @@ from api.routes import datasets, health, jobs
 from services.database import (Reachability, make_engine, session_factory, unreachable,
                                upgrade_schema)
 from services.dataset_store import DatasetStore
-from services.datasets import describe_every_bundled_dataset, register_bundled
+from services.datasets import register_bundled
 from services.errors import (BundledDataset, DatasetInUse, DatasetNameTaken, DatasetNotFound,
                              IdempotencyConflict, InvalidDataset, InvalidJob, JobAlreadyFinished,
                              JobNotFound, UnsupportedFormat, UploadTooLarge)
@@ -95,15 +95,14 @@ def lifespan(threads: int):
     default 40: on a small machine, 40 threads fighting over the GIL and the database
     serve fewer requests, and more unevenly, than a handful taking turns.
 
-    Then the bundled datasets are described once (submissions are checked against them
-    on the event loop, which must not wait for a first load). Last, everything allocated
+    Then the bundled datasets are stored as ordinary datasets, if this database has not
+    got them yet (services.datasets.register_bundled). Last, everything allocated
     so far (the app and its libraries, hundreds of thousands of objects) is moved out of
     the garbage collector's reach: a full collection walked them all while no request
     moved, which showed in the latency tail under load (bench/submit_load.py measures it)."""
     @asynccontextmanager
     async def run(app: FastAPI):
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads
-        describe_every_bundled_dataset()
         with app.state.sessions() as session:
             register_bundled(session=session, store=app.state.store)
         freeze_start_up_objects()

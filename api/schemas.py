@@ -39,6 +39,9 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     error: str | None
     spec: dict
+    classes: list | None = Field(description="classification: the label's values, sorted; the model's "
+                                             "class i is classes[i], in every per-class output")
+    dataset_id: str | None = Field(description="the stored dataset it trains on (none: generated data)")
     summary: dict[str, float] | None
     folds: list[FoldOut]
     mlflow_experiment_id: str | None
@@ -68,7 +71,8 @@ def job_out(job: Job, ui_url: str) -> JobOut:
     return JobOut(id=job.id, name=job.name, status=job.status,
                   cancel_requested=job.cancel_requested, created_at=job.created_at,
                   started_at=job.started_at, finished_at=job.finished_at, error=job.error,
-                  spec=job.spec, summary=job.summary,
+                  spec=job.spec, classes=(job.data or {}).get("classes") or None,
+                  dataset_id=job.dataset_id, summary=job.summary,
                   folds=[fold_out(f, job.mlflow_experiment_id, ui_url) for f in job.folds],
                   mlflow_experiment_id=job.mlflow_experiment_id, mlflow_run_id=job.mlflow_run_id,
                   mlflow_url=mlflow_link(ui_url, job.mlflow_experiment_id, job.mlflow_run_id),

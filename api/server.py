@@ -20,6 +20,8 @@ import uvicorn
 from api import watchdog
 from api.main import create_app
 from services.database import make_engine, session_factory, upgrade_schema
+from services.dataset_store import DatasetStore
+from services.datasets import register_bundled
 from services.settings import Settings
 
 log = logging.getLogger("crossfold")
@@ -38,11 +40,15 @@ def build_dispatcher(settings: Settings):
 
     engine = make_engine(settings.resolved_database_url())
     upgrade_schema(engine)
+    sessions = session_factory(engine)
+    store = DatasetStore(settings.resolved_dataset_store())
+    with sessions() as session:  # as the API does: either may start first
+        register_bundled(session=session, store=store)
     tracker = Tracker(tracking_uri=settings.resolved_tracking_uri(),
                       artifacts_dir=settings.artifacts_dir())
     tracker.ensure_store()
     cluster = Cluster(address=settings.ray_address, max_retries=settings.fold_max_retries)
-    return Dispatcher(sessions=session_factory(engine), cluster=cluster, tracker=tracker,
+    return Dispatcher(sessions=sessions, cluster=cluster, tracker=tracker, store=store,
                       max_active_jobs=settings.max_active_jobs, poll_interval_s=settings.poll_interval_s,
                       lease_s=settings.lease_s)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,21 +24,45 @@ from bench_output import write_results  # bench/bench_output.py, beside this scr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.datasets import load_dataset  # noqa: E402
+from services.data_spec import DatasetSpec  # noqa: E402
+from services.dataset_store import DatasetStore  # noqa: E402
+from services.datasets import BUNDLED, bundled_id, bundled_parquet  # noqa: E402
+from services.ingest import ingest  # noqa: E402
+from services.job_data import generated_data, stored_data  # noqa: E402
+from services.job_inputs import source_of, split_plans  # noqa: E402
+from services.models import Dataset  # noqa: E402
 from services.results import summarize  # noqa: E402
 from services.spec import JobSpec  # noqa: E402
-from services.splits import fold_plans  # noqa: E402
 from workers.results import Ending  # noqa: E402
+from workers.table import read_table  # noqa: E402
 from workers.task import train_folds  # noqa: E402
 
 TARGET_ACCURACY = 0.95  # every digits example's mean test accuracy
 
 
+def data_of(spec: JobSpec, store: DatasetStore):
+    """The job's data as the service resolves it (services.job_data), without a database:
+    a bundled dataset is stored in a scratch store first, as the service registers it."""
+    if spec.dataset.name not in BUNDLED:
+        return generated_data(spec.dataset)
+    name, path = spec.dataset.name, Path(store.root) / "upload.parquet"
+    path.write_bytes(bundled_parquet(name))
+    stored = ingest(path, store, bundled_id(name))
+    task = "regression" if name == "diabetes" else "classification"
+    dataset = Dataset(id=bundled_id(name), name=name, uri=store.uri_of(bundled_id(name)), digest=stored.digest,
+                      rows=stored.rows, columns=stored.columns, extra={
+                          "image_shape": [1, 8, 8] if name == "digits" else []})
+    return stored_data(DatasetSpec(id=dataset.id, label="target", task=task), dataset)
+
+
 def cross_validate(spec: JobSpec) -> list[dict]:
-    data = load_dataset(spec.dataset)
-    plans = fold_plans(data.strata(), spec.cv)
-    results = train_folds(data.x, data.y, data.info, plans, spec.training_config(),
-                          device=torch.device("cpu"))
+    with tempfile.TemporaryDirectory() as folder:
+        store = DatasetStore(folder)
+        data = data_of(spec, store)
+        source = source_of(data, store)
+        plans = split_plans(data, source, spec.cv, list(range(spec.cv.folds)))
+        table = read_table(source.uri, list(source.features), source.label)
+    results = train_folds(table, source.info, plans, spec.training_config(), device=torch.device("cpu"))
     failed = [r.error for r in results if r.status is not Ending.SUCCEEDED]
     if failed:
         raise RuntimeError(f"{spec.name}: {failed}")

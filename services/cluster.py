@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import ray
 
 from workers.config import TrainingConfig
 from workers.events import ProgressEvent
-from workers.plans import DataInfo, FoldPlan
+from workers.plans import FoldPlan, TableSource
 from workers.results import FoldResult
 from workers.task import run_task
 
@@ -34,10 +33,11 @@ BOARD_NAME, NAMESPACE = "crossfold-board-2", "crossfold"
 
 # -- Runs inside a Ray worker (a GPU or CPU node) ------------------------------------
 @ray.remote
-def fold_task(data: tuple[np.ndarray, np.ndarray, DataInfo], plans: list[FoldPlan],
-              config: TrainingConfig, job_id: str, board) -> list[FoldResult]:
-    """One fold, or all of a job's folds when packed: workers.task does the work."""
-    return run_task(data, plans, config, job_id=job_id, board=BoardClient(board, job_id),
+def fold_task(source: TableSource, plans: list[FoldPlan], config: TrainingConfig, job_id: str,
+              board) -> list[FoldResult]:
+    """One fold, or all of a job's folds when packed: workers.task does the work, reading
+    its data from the dataset store itself."""
+    return run_task(source, plans, config, job_id=job_id, board=BoardClient(board, job_id),
                     gpu_assigned=bool(ray.get_gpu_ids()))
 
 
@@ -114,11 +114,7 @@ class Cluster:
         self.board = ProgressBoard.options(name=BOARD_NAME, namespace=NAMESPACE, lifetime="detached",
                                            get_if_exists=True).remote()
 
-    def put(self, value) -> ray.ObjectRef:
-        """Store a job's data once in the object store; every fold task reads that copy."""
-        return ray.put(value)
-
-    def submit(self, data: ray.ObjectRef, plans: list[FoldPlan], config: TrainingConfig, job_id: str
+    def submit(self, source: TableSource, plans: list[FoldPlan], config: TrainingConfig, job_id: str
                ) -> dict[ray.ObjectRef, list[int]]:
         """Start a job's folds: one task per fold, or one task for all when packed.
         Returns each task and the fold indices it runs."""
@@ -127,7 +123,7 @@ class Cluster:
         options = {"num_cpus": config.resources.cpus_per_fold,
                    "num_gpus": config.resources.gpus_per_fold, "max_retries": self.max_retries}
         groups = [plans] if config.pack_folds else [[plan] for plan in plans]
-        return {fold_task.options(**options).remote(data, group, config, job_id, self.board):
+        return {fold_task.options(**options).remote(source, group, config, job_id, self.board):
                 [plan.index for plan in group] for group in groups}
 
     def pending_progress(self, job_ids: list[str]) -> dict[str, list[ProgressEvent]]:

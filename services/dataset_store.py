@@ -42,6 +42,9 @@ class DatasetStore:
         finally:
             self.remove(staging)
 
+    def exists(self, dataset_id: str) -> bool:
+        return self.fs.get_file_info(self.path_of(dataset_id)).type == fs.FileType.File
+
     def remove(self, path: str) -> None:
         if self.fs.get_file_info(path).type != fs.FileType.NotFound:
             self.fs.delete_file(path)

@@ -5,7 +5,6 @@ every owner.
 """
 from __future__ import annotations
 
-import math
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,7 +32,6 @@ BUNDLED = {
 }
 REGRESSION = {"diabetes", "synthetic_regression"}
 IMAGE_SHAPES = {"digits": (1, 8, 8)}
-STRATA_FOR_REGRESSION = 5  # regression targets are stratified by their quintile
 
 
 @dataclass(frozen=True)
@@ -46,60 +44,11 @@ class Dataset:
     def n_classes(self) -> int:
         return self.info.n_classes
 
-    def strata(self) -> np.ndarray:
-        """Labels whose proportions every fold keeps: the class, or the target's quintile."""
-        if self.info.task == "classification":
-            return self.y
-        edges = np.quantile(self.y, np.linspace(0, 1, STRATA_FOR_REGRESSION + 1)[1:-1])
-        return np.searchsorted(edges, self.y, side="right")
-
-    def smallest_stratum(self) -> int:
-        return int(np.bincount(self.strata()).min())
-
-
-@dataclass(frozen=True)
-class DatasetFacts:
-    """What is true of a dataset, known without generating a synthetic one: submissions
-    are checked with it (it must stay cheap) and jobs record it."""
-    info: DataInfo
-    rows: int
-    smallest_stratum: int
-
-    def params(self) -> dict[str, str]:
-        """As flat `dataset.*` params, beside the spec's (same keys, same values)."""
-        facts = {"dataset.task": self.info.task, "dataset.rows": self.rows,
-                 "dataset.features": math.prod(self.info.input_shape)}
-        if self.info.task == "classification":
-            facts["dataset.classes"] = self.info.n_classes
-        return {key: str(value) for key, value in facts.items()}
-
-
-def describe(spec: DatasetSpec) -> DatasetFacts:
-    if spec.name == "synthetic":
-        info = DataInfo("classification", (spec.features,), spec.classes)
-        return DatasetFacts(info, spec.rows, spec.rows // spec.classes)
-    if spec.name == "synthetic_regression":
-        info = DataInfo("regression", (spec.features,))
-        return DatasetFacts(info, spec.rows, spec.rows // STRATA_FOR_REGRESSION)
-    return describe_bundled(spec.name)
-
-
-def describe_every_bundled_dataset() -> None:
-    """Fill describe()'s cache, so that no submission waits for a dataset's first load."""
-    for name in BUNDLED:
-        describe_bundled(name)
-
-
-@lru_cache(maxsize=None)
-def describe_bundled(name: str) -> DatasetFacts:
-    data = load_dataset(DatasetSpec(name=name))
-    return DatasetFacts(data.info, len(data.y), data.smallest_stratum())
-
 
 def load_dataset(spec: DatasetSpec) -> Dataset:
     if spec.name == "synthetic":
         # flip_y=0: no randomly relabelled rows, so each class has exactly rows // classes
-        # (or one more) rows, as describe() promises.
+        # (or one more) rows, as services.job_data's check of the folds counts on.
         x, y = sk.make_classification(
             n_samples=spec.rows, n_features=spec.features, n_classes=spec.classes,
             n_informative=max(2, min(spec.features, spec.classes * 2)),
@@ -129,12 +78,20 @@ def register_bundled(*, session: Session, store: DatasetStore) -> None:
             register_one(session, store, name)
 
 
+@lru_cache(maxsize=None)
+def bundled_parquet(name: str) -> bytes:
+    """The bundled dataset as a Parquet file: its features by name, then `target`."""
+    frame = BUNDLED[name](as_frame=True).frame
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer)
+    return buffer.getvalue().to_pybytes()
+
+
 def register_one(session: Session, store: DatasetStore, name: str) -> None:
-    frame = BUNDLED[name](as_frame=True).frame  # the features by name, then `target`
     task = "regression" if name in REGRESSION else "classification"
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"{name}.parquet"
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+        path.write_bytes(bundled_parquet(name))
         stored = ingest(path, store, bundled_id(name))
     extra = {"label": "target", "task": task, "image_shape": list(IMAGE_SHAPES.get(name, ()))}
     session.add(StoredDataset(id=bundled_id(name), name=name, owner=BUNDLED_OWNER, format="parquet",

@@ -18,13 +18,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.cluster import Cluster
 from services.database import Reachability, unreachable
-from services.datasets import describe, load_dataset
+from services.dataset_store import DatasetStore
+from services.job_data import JobData, resolve
+from services.job_inputs import source_of, split_plans
 from services.lifecycle import (adopt_orphaned_job, claim_next_job, hold_leases, move_fold, move_job,
                                 renew_leases)
 from services.models import Fold, Job
+from services.reports import summed
 from services.results import fold_table, summarize
 from services.spec import JobSpec, flatten
-from services.splits import fold_plans
 from services.states import FINISHED_FOLD, FoldStatus, JobStatus
 from services.tracking import Tracker
 from workers.events import EpochEnded, FoldStarted, ProgressEvent
@@ -47,8 +49,9 @@ class LeaseLost(RuntimeError):
 
 class Dispatcher:
     def __init__(self, *, sessions: sessionmaker[Session], cluster: Cluster, tracker: Tracker,
-                 max_active_jobs: int, poll_interval_s: float = 0.5, lease_s: float = 30.0):
-        self.sessions, self.cluster, self.tracker = sessions, cluster, tracker
+                 store: DatasetStore, max_active_jobs: int, poll_interval_s: float = 0.5,
+                 lease_s: float = 30.0):
+        self.sessions, self.cluster, self.tracker, self.store = sessions, cluster, tracker, store
         self.max_active_jobs, self.poll_interval_s, self.lease_s = max_active_jobs, poll_interval_s, lease_s
         self.dispatcher_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.active: dict[str, ActiveJob] = {}
@@ -112,28 +115,42 @@ class Dispatcher:
     def start_job(self, session: Session, job: Job, *, adopted: bool = False) -> None:
         """Submit the folds of a newly claimed job, or the unfinished folds of an adopted one."""
         spec = JobSpec.model_validate(job.spec)
+        data = self.data_of(session, job, spec)
         if adopted:
             self.reset_interrupted_folds(session, job)
         if job.mlflow_run_id is None:  # new, or adopted from a dispatcher that died before
-            self.create_runs(session, job, spec)
+            self.create_runs(session, job, spec, data)
         self.active[job.id] = ActiveJob(job.id)
         unfinished = [fold.index for fold in job.folds if fold.status not in FINISHED_FOLD]
         if unfinished and not job.cancel_requested:
-            dataset = load_dataset(spec.dataset)
-            data = self.cluster.put((dataset.x, dataset.y, dataset.info))
-            plans = fold_plans(dataset.strata(), spec.cv, unfinished)
-            self.active[job.id].tasks = self.cluster.submit(data, plans, spec.training_config(), job.id)
+            source = source_of(data, self.store)
+            plans = split_plans(data, source, spec.cv, unfinished)
+            self.active[job.id].tasks = self.cluster.submit(source, plans, spec.training_config(), job.id)
         log.info("job %s %s: %d folds to run", job.id, "adopted" if adopted else "started", len(unfinished))
 
-    def create_runs(self, session: Session, job: Job, spec: JobSpec) -> None:
-        # The spec's params, and what is true of its dataset (digits: 1,797 rows, 64 features).
-        params = {**flatten(spec), **describe(spec.dataset).params()}
+    @staticmethod
+    def data_of(session: Session, job: Job, spec: JobSpec) -> JobData:
+        """The data resolved at submission; resolved now for a job queued before jobs kept it."""
+        if job.data is None:
+            job.data = resolve(spec, session=session, owner=job.owner).as_json()
+        return JobData.of(job.data)
+
+    def create_runs(self, session: Session, job: Job, spec: JobSpec, data: JobData) -> None:
+        # The spec's params, and what is true of its data (digits: 1,797 rows, 64 features).
+        params = {**flatten(spec), **dataset_params(data)}
         experiment, parent, children = self.tracker.start_job(
             job_id=job.id, name=job.name, params=params, n_folds=spec.cv.folds)
+        self.log_dataset([parent, *children], data)
         job.mlflow_experiment_id, job.mlflow_run_id = experiment, parent
         for fold, run_id in zip(job.folds, children):
             fold.mlflow_run_id = run_id
         session.commit()
+
+    def log_dataset(self, run_ids: list[str], data: JobData) -> None:
+        source = source_of(data, self.store)  # a generated dataset is made here, once
+        digest = data.digest or source.uri.rsplit("/", 1)[-1].removesuffix(".parquet")
+        self.tracker.log_dataset(run_ids, name=data.name, digest=digest, uri=source.uri,
+                                 columns=data.schema, rows=data.rows)
 
     @staticmethod
     def reset_interrupted_folds(session: Session, job: Job) -> None:
@@ -240,7 +257,7 @@ class Dispatcher:
             move_fold(fold, FoldStatus.RUNNING)  # it ended before its start was reported
         if result.status is Ending.SUCCEEDED:
             record_best(fold, result.best_epoch, result.best_metrics)
-            fold.test_metrics = result.test_metrics
+            fold.test_metrics, fold.confusion = result.test_metrics, result.confusion
             move_fold(fold, FoldStatus.SUCCEEDED)
             self.tracker.finish_fold(fold.mlflow_run_id, status="succeeded",
                                      test_metrics=fold.test_metrics, best=best_of(fold),
@@ -258,6 +275,7 @@ class Dispatcher:
         job.summary = summarize([f.test_metrics for f in job.folds if f.status is FoldStatus.SUCCEEDED])
         job.error = error
         # MLflow first: once the job reads as finished, its runs must be finished too.
+        self.log_classes(job)
         self.tracker.finish_job(job.mlflow_run_id, status=target.value, summary=job.summary,
                                 table=fold_table(job.folds), error=error)
         move_job(job, target)
@@ -266,6 +284,13 @@ class Dispatcher:
         del self.active[job_id]
         self.cluster.forget(job_id)
         log.info("job %s %s", job_id, target.value)
+
+    def log_classes(self, job: Job) -> None:
+        """A classification job's per-class report, from the folds that were tested."""
+        confusions = [f.confusion for f in job.folds if f.status is FoldStatus.SUCCEEDED and f.confusion]
+        classes = (job.data or {}).get("classes")
+        if confusions and classes:
+            self.tracker.log_classes(job.mlflow_run_id, classes, summed(confusions))
 
     def cancel_leftover_folds(self, job: Job) -> None:
         """Folds that never ran to an end (the job was cancelled before they were
@@ -322,3 +347,14 @@ def best_of(fold: Fold) -> dict[str, float]:
     best = {"best_epoch": fold.best_epoch, "best_val_loss": fold.best_val_loss,
             "best_val_accuracy": fold.best_val_accuracy}
     return {name: value for name, value in best.items() if value is not None}
+
+
+def dataset_params(data: JobData) -> dict[str, str]:
+    """What is true of a job's data, as flat `dataset.*` params beside the spec's: how many
+    rows, feature columns (named in `dataset.feature_columns`), inputs once encoded and
+    classes, the task, the stored file's digest."""
+    facts = {"dataset.name": data.name, "dataset.task": data.task, "dataset.rows": data.rows,
+             "dataset.features": len(data.features), "dataset.feature_columns": ",".join(data.features),
+             "dataset.inputs": data.input_width, "dataset.classes": len(data.classes) or None,
+             "dataset.digest": data.digest}
+    return {key: str(value)[:6000] for key, value in facts.items() if value is not None}

@@ -51,7 +51,9 @@ class Job(Base):
     owner: Mapped[str] = mapped_column(String(100), default=LOCAL_OWNER, server_default=LOCAL_OWNER,
                                        index=True)
     spec: Mapped[dict] = mapped_column(JSON)
-    # The stored dataset it trains on, if any: a dataset in use cannot be deleted.
+    # The data it trains on, resolved at submission (services.job_data.JobData), and the
+    # stored dataset that is, if any: a dataset in use cannot be deleted.
+    data: Mapped[dict | None] = mapped_column(JSON)
     dataset_id: Mapped[str | None] = mapped_column(String(36), index=True)
     # A client's Idempotency-Key and a hash of the body it came with: the same key
     # returns the same job; the same key with another body is a conflict.
@@ -103,6 +105,7 @@ class Fold(Base):
     best_val_loss: Mapped[float | None] = mapped_column(Float)
     best_val_accuracy: Mapped[float | None] = mapped_column(Float)
     test_metrics: Mapped[dict | None] = mapped_column(JSON)
+    confusion: Mapped[list | None] = mapped_column(JSON)  # on its test rows: [true][predicted]
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
     worker: Mapped[str | None] = mapped_column(String(200))  # host:pid of its latest attempt
     error: Mapped[str | None] = mapped_column(Text)

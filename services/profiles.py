@@ -4,7 +4,9 @@ Per column: its type, how many values are missing, and a summary: min, max, mean
 standard deviation for numbers (over the finite values; infinities are counted apart),
 the distinct count and most frequent values for strings and booleans, the range for
 dates and times. Memory stays bounded: a column counts at most MAX_DISTINCT distinct
-values exactly; past that it says so instead of a count.
+values exactly; past that it says so instead of a count. A column of strings, booleans
+or integers with at most ALL_VALUES distinct values also lists every value and its count
+(`values`): a job's classes, and the categories it one-hot encodes, are read there.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pyarrow.compute as pc
 
 MAX_DISTINCT = 10_000
 TOP_VALUES = 10
+ALL_VALUES = 100
 
 
 def kind_of(data_type: pa.DataType) -> str:
@@ -37,12 +40,15 @@ class NumberSummary:
     """Count, mean and sum of squared deviations, merged batch by batch (Chan et al.),
     so the standard deviation stays exact without a second pass."""
 
-    def __init__(self):
+    def __init__(self, integers: bool = False):
         self.count, self.mean, self.m2 = 0, 0.0, 0.0
         self.minimum = self.maximum = None
         self.infinite = 0
+        self.counts = ValueCounts(limit=ALL_VALUES) if integers else None  # classes, perhaps
 
     def add(self, array: pa.Array) -> None:
+        if self.counts is not None:
+            self.counts.add(array)
         values = array.cast(pa.float64(), safe=False)
         finite = pc.filter(values, pc.is_finite(values))
         self.infinite += len(pc.drop_null(values)) - len(finite)
@@ -61,32 +67,44 @@ class NumberSummary:
         self.maximum = high.as_py() if self.maximum is None else max(self.maximum, high.as_py())
 
     def summary(self) -> dict:
+        values = self.counts.all_values() if self.counts is not None else None
         if self.count == 0:
-            return {"infinite": self.infinite}
+            return {"infinite": self.infinite, "values": values}
         std = math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 0.0
         return {"min": self.minimum, "max": self.maximum, "mean": self.mean, "std": std,
-                "infinite": self.infinite}
+                "infinite": self.infinite, "values": values}
 
 
 class ValueCounts:
-    """Distinct values and the most frequent ones, for strings and booleans."""
+    """Distinct values and the most frequent ones, for strings and booleans (and integers,
+    whose values may be classes). Past `limit` distinct values, new ones are no longer
+    counted: the top values then come from the values seen by then."""
 
-    def __init__(self):
+    def __init__(self, limit: int = MAX_DISTINCT):
         self.counts: Counter = Counter()
-        self.overflow = False  # more than MAX_DISTINCT distinct values
+        self.limit, self.overflow = limit, False
 
     def add(self, array: pa.Array) -> None:
+        if self.overflow:
+            return
         for entry in pc.value_counts(pc.drop_null(array)).to_pylist():
             value = entry["values"]
-            if value in self.counts or len(self.counts) < MAX_DISTINCT:
+            if value in self.counts or len(self.counts) < self.limit:
                 self.counts[value] += entry["counts"]
             else:
                 self.overflow = True
 
+    def all_values(self) -> list | None:
+        """Every value and its count, sorted by value; None when there are too many."""
+        if self.overflow or len(self.counts) > ALL_VALUES:
+            return None
+        return [[value, count] for value, count in sorted(self.counts.items())]
+
     def summary(self) -> dict:
         distinct = None if self.overflow else len(self.counts)
-        return {"distinct": distinct, "distinct_over": MAX_DISTINCT if self.overflow else None,
-                "top": [[value, count] for value, count in self.counts.most_common(TOP_VALUES)]}
+        return {"distinct": distinct, "distinct_over": self.limit if self.overflow else None,
+                "top": [[value, count] for value, count in self.counts.most_common(TOP_VALUES)],
+                "values": self.all_values()}
 
 
 class RangeSummary:
@@ -105,15 +123,11 @@ class RangeSummary:
         return {"min": text(self.minimum), "max": text(self.maximum)}
 
 
-SUMMARIES = {"number": NumberSummary, "boolean": ValueCounts, "string": ValueCounts,
-             "temporal": RangeSummary}
-
-
 class ColumnProfile:
     def __init__(self, field: pa.Field):
         self.name, self.type, self.kind = field.name, field.type, kind_of(field.type)
         self.missing = 0
-        self.summary = SUMMARIES.get(self.kind, lambda: None)()
+        self.summary = summary_for(self.kind, field.type)
 
     def add(self, array: pa.Array) -> None:
         self.missing += array.null_count
@@ -123,6 +137,14 @@ class ColumnProfile:
     def describe(self) -> dict:
         return {"name": self.name, "type": str(self.type), "kind": self.kind, "missing": self.missing,
                 "summary": self.summary.summary() if self.summary is not None else {}}
+
+
+def summary_for(kind: str, data_type: pa.DataType):
+    if kind == "number":
+        return NumberSummary(integers=pa.types.is_integer(data_type))
+    if kind in ("boolean", "string"):
+        return ValueCounts()
+    return RangeSummary() if kind == "temporal" else None
 
 
 class TableProfile:

@@ -8,16 +8,16 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationInfo,
-                      field_validator, model_serializer, model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag,
+                      field_validator, model_validator)
 
+from services.data_spec import DatasetSpec
 from workers.config import (AdamConfig, CNNConfig, MLPConfig, MomentumConfig, ResourcesConfig,
                             RMSpropConfig, SGDConfig, StoppingConfig, TrainingConfig)
 
 MAX_HIDDEN_LAYERS = 8
 MAX_LAYER_WIDTH = 4096
 MAX_BATCH_SIZE = 1_000_000
-MAX_SYNTHETIC_CELLS = 50_000_000  # float32 cells of a generated dataset: 190 MiB
 
 
 class StrictModel(BaseModel):
@@ -43,9 +43,6 @@ def integer(**bounds):
 
 Width = integer(ge=1, le=MAX_LAYER_WIDTH)
 Channels = integer(ge=1, le=512)
-Rows = integer(ge=30, le=2_000_000)
-Features = integer(ge=2, le=1000)
-Classes = integer(ge=2, le=100)
 Seed = integer(ge=0, le=2**31 - 1)
 Patience = integer(ge=1, le=1000)
 Folds = integer(ge=3, le=20)
@@ -123,76 +120,6 @@ def _model_type(value) -> str:
 
 ModelSpec = Annotated[Union[Annotated[MLPSpec, Tag("mlp")], Annotated[CNNSpec, Tag("cnn")]],
                       Discriminator(_model_type)]
-
-
-BUNDLED_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
-# What a generated dataset takes, with its defaults; a bundled dataset takes none of it.
-GENERATED_DATASETS = {"synthetic": {"rows": 1000, "features": 20, "classes": 2, "seed": 0},
-                      "synthetic_regression": {"rows": 1000, "features": 20, "seed": 0}}
-
-
-class DatasetSpec(StrictModel):
-    """A bundled dataset by name ("digits" or {"name": "digits"}), or a generated one
-    whose size comes from rows, features, classes and seed. diabetes and
-    synthetic_regression are regression tasks, the others classification."""
-    name: Literal["digits", "iris", "wine", "breast_cancer", "diabetes", "synthetic",
-                  "synthetic_regression"]
-    rows: Rows | None = None
-    features: Features | None = None
-    classes: Classes | None = None
-    seed: Seed | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_name(cls, value):
-        return {"name": value} if isinstance(value, str) else value
-
-    @field_validator("rows", "features", "classes", "seed")
-    @classmethod
-    def _only_what_the_dataset_takes(cls, value, info: ValidationInfo):
-        # Runs only for values given (a default is not validated): null is not a size.
-        if value is None:
-            raise ValueError("must be an integer; leave it out for the default")
-        name = info.data.get("name")
-        if name is not None and info.field_name not in GENERATED_DATASETS.get(name, {}):
-            kind = "a bundled dataset of fixed size" if name in BUNDLED_DATASETS else "a regression dataset"
-            raise ValueError(f"{name} is {kind}: it takes no {info.field_name}")
-        return value
-
-    @model_validator(mode="after")
-    def _generated_size(self):
-        for field, default in GENERATED_DATASETS.get(self.name, {}).items():
-            if getattr(self, field) is None:
-                setattr(self, field, default)
-        if self.rows is not None and self.rows * self.features > MAX_SYNTHETIC_CELLS:
-            raise ValueError(f"rows × features must be at most {MAX_SYNTHETIC_CELLS:,} "
-                             f"(a {MAX_SYNTHETIC_CELLS * 4 // 2**20} MiB dataset)")
-        return self
-
-    @model_serializer(mode="wrap")
-    def _only_what_applies(self, handler):
-        # A bundled dataset is its name: sizes that mean nothing for it are not shown.
-        return {key: value for key, value in handler(self).items() if value is not None}
-
-    @classmethod
-    def __get_pydantic_json_schema__(cls, core_schema, handler):
-        # What is accepted, as a schema can say it: a dataset's name alone (a generated one
-        # at its default size), or an object with a bundled dataset's name and nothing
-        # else, or a generated dataset's name and the sizes it takes.
-        generated = handler.resolve_ref_schema(handler(core_schema))["properties"]
-
-        def object_form(names, takes: dict) -> dict:
-            properties = {"name": {"type": "string", "enum": list(names)}}
-            for size, default in takes.items():
-                number = next(choice for choice in generated[size]["anyOf"] if choice["type"] == "integer")
-                properties[size] = {**number, "default": default}
-            return {"type": "object", "properties": properties, "required": ["name"],
-                    "additionalProperties": False}
-
-        return {"title": "DatasetSpec", "description": cls.__doc__, "anyOf": [
-            {"type": "string", "enum": [*BUNDLED_DATASETS, *GENERATED_DATASETS]},
-            object_form(BUNDLED_DATASETS, {}),
-            *(object_form([name], takes) for name, takes in GENERATED_DATASETS.items())]}
 
 
 class EarlyStoppingSpec(StrictModel):

@@ -1,7 +1,7 @@
 """Storing submitted jobs, many in one transaction.
 
-A submission is checked and turned into its rows before it is queued (`prepare`), so a
-bad one is refused on its own. `store` then writes any number of them with one INSERT
+A submission is checked against its data (services.job_data) and turned into its rows
+before it is queued (`prepare`), so a bad one is refused on its own. `store` then writes any number of them with one INSERT
 of jobs, one of folds and one commit: the API coalesces the submissions that arrive
 together (api/batching.py), and under load a job costs a row, not a transaction.
 
@@ -22,14 +22,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session, selectinload
 
-from services.datasets import describe
-from services.errors import IdempotencyConflict, InvalidJob
+from services.errors import IdempotencyConflict
+from services.job_data import JobData
 from services.models import LOCAL_OWNER, Fold, Job
 from services.spec import JobSpec
 from services.states import FoldStatus, JobStatus
 
-JOB_COLUMNS = ("id", "name", "owner", "spec", "status", "cancel_requested", "idempotency_key",
-               "request_hash", "created_at")
+JOB_COLUMNS = ("id", "name", "owner", "spec", "data", "dataset_id", "status", "cancel_requested",
+               "idempotency_key", "request_hash", "created_at")
 
 
 @dataclass
@@ -48,11 +48,12 @@ class Submission:
 Outcome = tuple[Job, bool] | Exception  # (job, created) or why this one failed
 
 
-def prepare(spec: JobSpec, owner: str = LOCAL_OWNER, idempotency_key: str | None = None) -> Submission:
-    """Check a spec against its data (InvalidJob) and build its job; nothing stored yet."""
-    check_against_data(spec)
+def prepare(spec: JobSpec, data: JobData, owner: str = LOCAL_OWNER,
+            idempotency_key: str | None = None) -> Submission:
+    """Build a job on its resolved data (services.job_data.resolve); nothing stored yet."""
     job = Job(id=str(uuid.uuid4()), name=spec.name, owner=owner, spec=spec.model_dump(mode="json"),
-              status=JobStatus.QUEUED, cancel_requested=False, idempotency_key=idempotency_key,
+              data=data.as_json(), dataset_id=data.dataset_id, status=JobStatus.QUEUED,
+              cancel_requested=False, idempotency_key=idempotency_key,
               request_hash=request_hash(spec), created_at=datetime.now(timezone.utc))
     job.folds = [Fold(index=i, status=FoldStatus.PENDING, attempts=0, epoch=0)
                  for i in range(spec.cv.folds)]
@@ -120,23 +121,6 @@ def replayed(session: Session, submission: Submission) -> Outcome:
 def find_by_key(session: Session, owner: str, key: str) -> Job | None:
     return session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key)
                           .options(selectinload(Job.folds)))
-
-
-def check_against_data(spec: JobSpec) -> None:
-    """Rules that depend on the dataset itself, checked before anything is stored."""
-    facts = describe(spec.dataset)
-    info, smallest = facts.info, facts.smallest_stratum
-    if spec.cv.stratify and spec.cv.folds > smallest:
-        raise InvalidJob("cv.folds", f"{spec.cv.folds} stratified folds need at least "
-                         f"{spec.cv.folds} samples per class; the smallest class has {smallest}")
-    if spec.model.type == "cnn" and len(info.input_shape) != 3:
-        raise InvalidJob("model.type", f"a cnn needs an image dataset (digits); "
-                         f"{spec.dataset.name} is tabular")
-    if spec.pack_folds and spec.model.type != "mlp":
-        raise InvalidJob("pack_folds", "packing stacks MLPs only; use model.type mlp or unpacked folds")
-    if info.task == "regression" and spec.early_stopping.monitor == "val_accuracy":
-        raise InvalidJob("early_stopping.monitor", f"{spec.dataset.name} is a regression "
-                         "dataset: it has no accuracy; monitor val_loss")
 
 
 def request_hash(spec: JobSpec) -> str:

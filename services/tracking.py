@@ -9,12 +9,15 @@ otherwise opens them in its GenAI view (traces, evaluations), not the runs table
 """
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+
+from services.reports import class_report, confusion_png
 
 PARAMS_PER_BATCH = 100  # MLflow's limit for one log_batch call
 END_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
@@ -89,6 +92,27 @@ class Tracker:
             self.client.log_batch(run_id, tags=[RunTag("crossfold.error", error[:5000])])
         self.client.set_terminated(run_id, status=END_STATUS[status])
 
+    def log_dataset(self, run_ids: list[str], *, name: str, digest: str, uri: str, columns: list[dict],
+                    rows: int) -> None:
+        """Which data the runs used, as MLflow's own dataset entity (its UI shows it on each
+        run): name, digest, source and schema (the columns the job uses, by type)."""
+        schema = {"mlflow_colspec": [{"name": c["name"], "type": c["type"]} for c in columns]}
+        dataset = Dataset(name=name, digest=digest[:36], source_type="crossfold",
+                          source=json.dumps({"uri": uri}), schema=json.dumps(schema),
+                          profile=json.dumps({"num_rows": rows}))
+        used = DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
+        for run_id in run_ids:
+            self.client.log_inputs(run_id, datasets=[used])
+
+    def log_classes(self, run_id: str, classes: list, confusion: list[list[int]]) -> None:
+        """The class mapping, the per-class precision, recall and F1, and the confusion
+        matrix summed over the test folds (JSON, and a PNG to look at)."""
+        self.client.log_dict(run_id, {"classes": classes}, "classes.json")
+        self.client.log_dict(run_id, class_report(classes, confusion), "per_class.json")
+        self.client.log_dict(run_id, {"classes": classes, "rows_true_columns_predicted": confusion},
+                             "confusion_matrix.json")
+        self._log_bytes(run_id, confusion_png(classes, confusion), "", "confusion_matrix.png")
+
     def tag(self, run_id: str, key: str, value: str) -> None:
         self.client.set_tag(run_id, key, value)
 
@@ -100,4 +124,4 @@ class Tracker:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / filename
             path.write_bytes(data)
-            self.client.log_artifact(run_id, str(path), artifact_path=folder)
+            self.client.log_artifact(run_id, str(path), artifact_path=folder or None)

@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from services.database import make_engine, session_factory, upgrade_schema
+from services.dataset_store import DatasetStore
+from services.datasets import register_bundled
 from services.settings import Settings
 from tests.helpers import fresh_database, running_service
 
@@ -29,8 +31,19 @@ def engine(database_url):
 
 
 @pytest.fixture
-def sessions(engine):
-    return session_factory(engine)
+def store(settings) -> DatasetStore:
+    """The test's dataset store (in its data folder), where its app keeps datasets too."""
+    return DatasetStore(settings.resolved_dataset_store())
+
+
+@pytest.fixture
+def sessions(engine, store):
+    """Sessions on the test's database, which holds the bundled datasets (in the test's
+    dataset store), as a started service's does."""
+    sessions = session_factory(engine)
+    with sessions() as session:
+        register_bundled(session=session, store=store)
+    return sessions
 
 
 @pytest.fixture

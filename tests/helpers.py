@@ -21,6 +21,7 @@ import uvicorn
 from services.models import LOCAL_OWNER, Job
 from services.spec import JobSpec
 from services.states import FINISHED_JOB
+from services.job_data import resolve
 from services.submissions import prepare, store
 
 POSTGRES_ADMIN = os.environ.get("CROSSFOLD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -37,10 +38,15 @@ def small_job(**overrides) -> dict:
     return spec
 
 
+def submission(session, spec: dict | JobSpec, owner: str = LOCAL_OWNER, key: str | None = None):
+    """A job ready to store, as POST /jobs prepares it: checked against its data."""
+    spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
+    return prepare(spec, resolve(spec, session=session, owner=owner), owner, key)
+
+
 def store_job(session, spec: dict | JobSpec, owner: str = LOCAL_OWNER) -> Job:
     """Queue a job as POST /jobs does (services.submissions), without HTTP."""
-    spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
-    outcome = store(session, [prepare(spec, owner)])[0]
+    outcome = store(session, [submission(session, spec, owner)])[0]
     if isinstance(outcome, Exception):
         raise outcome
     return outcome[0]
@@ -194,6 +200,7 @@ def running_service(database_url: str, folder: Path, lease_s: float = 30.0):
     from api.main import create_app
     from services.cluster import Cluster
     from services.database import make_engine, session_factory, upgrade_schema
+    from services.dataset_store import DatasetStore
     from services.dispatcher import Dispatcher
     from services.settings import Settings
     from services.tracking import Tracker
@@ -202,6 +209,7 @@ def running_service(database_url: str, folder: Path, lease_s: float = 30.0):
     upgrade_schema(engine)
     tracker = Tracker(tracking_uri=settings.resolved_tracking_uri(), artifacts_dir=settings.artifacts_dir())
     dispatcher = Dispatcher(sessions=session_factory(engine), cluster=Cluster(), tracker=tracker,
+                            store=DatasetStore(settings.resolved_dataset_store()),
                             max_active_jobs=settings.max_active_jobs, poll_interval_s=0.2, lease_s=lease_s)
     stop = threading.Event()
     threading.Thread(target=dispatcher.run_forever, args=(stop,), daemon=True).start()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -46,7 +48,23 @@ def check_mlflow(client, job: dict) -> None:
     # What is true of iris, and nothing that is not (no generated-size seed).
     facts = {k: v for k, v in parent.data.params.items() if k.startswith("dataset.")}
     assert facts == {"dataset.name": "iris", "dataset.task": "classification", "dataset.rows": "150",
-                     "dataset.features": "4", "dataset.classes": "3"}
+                     "dataset.features": "4", "dataset.classes": "3", "dataset.inputs": "4",
+                     "dataset.digest": facts["dataset.digest"], "dataset.feature_columns":
+                     "sepal length (cm),sepal width (cm),petal length (cm),petal width (cm)"}
+    assert len(facts["dataset.digest"]) == 64
+    # MLflow's own dataset tracking: the job's run and each fold's name the data they used.
+    for run_id in [job["mlflow_run_id"], *(f["mlflow_run_id"] for f in job["folds"])]:
+        [used] = client.get_run(run_id).inputs.dataset_inputs
+        assert used.dataset.name == "iris" and facts["dataset.digest"].startswith(used.dataset.digest)
+        assert [c["name"] for c in json.loads(used.dataset.schema)["mlflow_colspec"]][-1] == "target"
+    # The per-class report and the confusion matrix summed over the test folds.
+    assert job["classes"] == [0, 1, 2]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"classes.json", "per_class.json", "confusion_matrix.json", "confusion_matrix.png"} <= artifacts
+    with tempfile.TemporaryDirectory() as folder:
+        path = client.download_artifacts(parent.info.run_id, "confusion_matrix.json", folder)
+        confusion = json.loads(Path(path).read_text())["rows_true_columns_predicted"]
+    assert sum(map(sum, confusion)) == 150  # every row tested once
     assert parent.data.metrics["test_accuracy_mean"] == pytest.approx(job["summary"]["test_accuracy_mean"])
     for fold in job["folds"]:
         run = client.get_run(fold["mlflow_run_id"])

@@ -21,6 +21,8 @@ class FoldResult:
     best_metrics: dict[str, float] = field(default_factory=dict)  # validation, at best_epoch
     test_metrics: dict[str, float] = field(default_factory=dict)  # of the best epoch's weights
     checkpoint: bytes | None = None  # torch.save of the best epoch's state_dict
+    confusion: list[list[int]] | None = None  # on the test rows: [true class][predicted class]
+    preprocessing: dict | None = None  # how raw rows became inputs (workers.fold.prepare)
     error: str | None = None         # why it failed
 
     @classmethod

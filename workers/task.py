@@ -13,7 +13,6 @@ import socket
 import time
 from typing import Protocol
 
-import numpy as np
 import torch
 
 from workers.callbacks import Callbacks, EpochReport
@@ -22,8 +21,9 @@ from workers.config import TrainingConfig
 from workers.events import EpochEnded, FoldStarted, ProgressEvent
 from workers.fold import run_fold
 from workers.packed.fold import run_packed_folds
-from workers.plans import DataInfo, FoldPlan
+from workers.plans import DataInfo, FoldPlan, TableSource
 from workers.results import FoldResult
+from workers.table import Table, read_table
 
 PACK = -1  # the checkpoint key of a packed task (it holds all of a job's folds)
 
@@ -51,12 +51,13 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def run_task(data: tuple[np.ndarray, np.ndarray, DataInfo], plans: list[FoldPlan],
-             config: TrainingConfig, *, job_id: str, board: Board, gpu_assigned: bool) -> list[FoldResult]:
-    """Train these folds (one, or all of a job's when packed) and report on the board."""
+def run_task(source: TableSource, plans: list[FoldPlan], config: TrainingConfig, *, job_id: str,
+             board: Board, gpu_assigned: bool) -> list[FoldResult]:
+    """Train these folds (one, or all of a job's when packed) and report on the board.
+    The task reads its own data: only the columns its job uses."""
     if not config.pack_folds and len(plans) != 1:
         raise ValueError(f"an unpacked task trains one fold, not {len(plans)}")
-    x, y, info = data
+    table = read_table(source.uri, list(source.features), source.label)
     device = use_task_resources(config, gpu_assigned)
     key = PACK if config.pack_folds else plans[0].index  # where its checkpoints go
     resume_from = board.checkpoint(key)  # set when this is a retry
@@ -70,21 +71,21 @@ def run_task(data: tuple[np.ndarray, np.ndarray, DataInfo], plans: list[FoldPlan
 
     callbacks = Callbacks(report, lambda snapshot: board.save_checkpoint(key, snapshot),
                           config.checkpoint_interval_s)
-    results = train_folds(x, y, info, plans, config, device=device, callbacks=callbacks,
+    results = train_folds(table, source.info, plans, config, device=device, callbacks=callbacks,
                           resume_from=resume_from)
     board.flush()  # the dispatcher then sees every epoch before it sees the result
     return results
 
 
-def train_folds(x: np.ndarray, y: np.ndarray, info: DataInfo, plans: list[FoldPlan],
-                config: TrainingConfig, *, device: torch.device, callbacks: Callbacks | None = None,
+def train_folds(table: Table, info: DataInfo, plans: list[FoldPlan], config: TrainingConfig, *,
+                device: torch.device, callbacks: Callbacks | None = None,
                 resume_from: bytes | None = None) -> list[FoldResult]:
     """These folds one after the other, or together as one stacked model when the job
     packs them. `resume_from` is the checkpoint of the pack, or of the one fold."""
     if resume_from is not None and not config.pack_folds and len(plans) != 1:
         raise ValueError("a checkpoint resumes a pack or one fold, not several unpacked folds")
     if config.pack_folds:
-        return run_packed_folds(x, y, info, plans, config, device=device, callbacks=callbacks,
+        return run_packed_folds(table, info, plans, config, device=device, callbacks=callbacks,
                                 resume_from=resume_from)
-    return [run_fold(x, y, info, plan, config, device=device, callbacks=callbacks, resume_from=resume_from)
+    return [run_fold(table, info, plan, config, device=device, callbacks=callbacks, resume_from=resume_from)
             for plan in plans]

@@ -38,6 +38,11 @@ class Classification:
         macro_f1 = f1[seen].mean().item() if seen.any() else 0.0
         return {"loss": sums[0] / n, "accuracy": correct.sum().item() / n, "f1": macro_f1}
 
+    def confusion(self, sums: list[float]) -> list[list[int]]:
+        """[true class][predicted class] counts, from the same sums."""
+        return [[int(c) for c in sums[1 + row * self.n_classes:1 + (row + 1) * self.n_classes]]
+                for row in range(self.n_classes)]
+
 
 class Regression:
     """Targets are standardized with the training rows' statistics; the loss (MSE) is in
@@ -60,3 +65,6 @@ class Regression:
         spread = total_squares - total * total / n
         r2 = 1.0 - squared / spread if spread > 0 else 0.0
         return {"loss": squared / n, "mae": absolute / n * self.target_scale, "r2": r2}
+
+    def confusion(self, sums: list[float]) -> None:
+        return None  # no classes

@@ -156,5 +156,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, *, index
         callbacks.epoch_ended(index, EpochReport(progress.epoch, metrics, stopper.best_epoch))
         callbacks.after_epoch(progress)
     model.load_state_dict(stopper.best_state)
+    test_sums = evaluation_sums(model, task, test).tolist()
     return FoldResult(index, Ending.SUCCEEDED, stopper.best_epoch, progress.epoch, stopper.best_metrics,
-                      evaluate(model, task, test), weights_bytes(stopper.best_state))
+                      task.metrics(test_sums, len(test)), weights_bytes(stopper.best_state),
+                      task.confusion(test_sums))

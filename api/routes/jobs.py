@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +18,7 @@ from api.batching import batcher_for
 from api.deps import OwnerDep, SessionDep, SettingsDep
 from api.schemas import JobOut, JobPage, job_out
 from services import jobs
+from services.job_data import GENERATED, JobData, resolve
 from services.spec import JobSpec
 from services.submissions import prepare
 from services.states import JobStatus
@@ -30,16 +32,30 @@ IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, desc
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut,
              responses={200: {"model": JobOut, "description": "replayed: the job this key created"},
                         400: {"description": "the body is not JSON"},
+                        404: {"description": "the job names a dataset you cannot see"},
                         409: {"description": "the Idempotency-Key was used with another body"},
                         413: {"description": "the body is over CROSSFOLD_MAX_BODY_BYTES"}})
 async def submit_job(spec: JobSpec, request: Request, settings: SettingsDep, owner: OwnerDep,
                      idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    data = await resolve_data(request, spec, owner)
     # Stored together with whatever else is being submitted (api/batching.py).
-    submission = prepare(spec, owner, idempotency_key)
-    job, created = await batcher_for(request.app).submit(submission)
+    job, created = await batcher_for(request.app).submit(prepare(spec, data, owner, idempotency_key))
     request.app.state.database.succeeded()  # stored: say so if it had been unreachable
     return as_json(job_out(job, settings.mlflow_ui_url), status.HTTP_201_CREATED if created else 200,
                    headers={"Location": f"/jobs/{job.id}"})
+
+
+async def resolve_data(request: Request, spec: JobSpec, owner: str) -> JobData:
+    """The job's data, checked (services.job_data). A generated dataset needs nothing
+    more; a stored one is read in a worker thread, on a session of its own that gives its
+    connection back at once (not held while the submission waits for its batch)."""
+    if not spec.dataset.stored and spec.dataset.name in GENERATED:
+        return resolve(spec, session=None, owner=owner)
+
+    def read() -> JobData:
+        with request.app.state.sessions() as session:
+            return resolve(spec, session=session, owner=owner)
+    return await anyio.to_thread.run_sync(read)
 
 
 class JobQuery(BaseModel):

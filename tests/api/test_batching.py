@@ -14,6 +14,8 @@ from api.main import create_app
 from services.database import make_engine, session_factory, upgrade_schema
 from services.models import Job
 from services.spec import JobSpec
+from services.job_data import resolve
+from services.models import LOCAL_OWNER
 from services.submissions import prepare
 from tests.helpers import small_job
 
@@ -29,7 +31,9 @@ class CountingBatcher(SubmissionBatcher):
 
 
 def submission(name="job"):
-    return prepare(JobSpec.model_validate(small_job(name=name)))
+    # Generated data: what these tests store is the point, and it needs no dataset lookup.
+    spec = JobSpec.model_validate(small_job(name=name, dataset={"name": "synthetic", "rows": 200}))
+    return prepare(spec, resolve(spec, session=None, owner=LOCAL_OWNER))
 
 
 def stored_jobs(sessions) -> int:

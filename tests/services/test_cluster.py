@@ -6,9 +6,9 @@ import pytest
 import ray
 
 from services.cluster import BoardClient, Cluster
-from services.splits import fold_plans
+from services.job_data import resolve
+from services.job_inputs import source_of, split_plans
 from services.spec import JobSpec
-from services.datasets import load_dataset
 from tests.helpers import small_job
 from workers.events import EpochEnded, FoldStarted
 
@@ -47,13 +47,14 @@ def test_a_board_client_keeps_a_jobs_checkpoints_apart_and_flushes_in_order(ray_
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["task-per-fold", "packed"])
-def test_fold_tasks_return_one_result_per_fold_and_report_every_epoch(ray_session, packed):
+def test_fold_tasks_read_their_data_and_return_one_result_per_fold(ray_session, sessions, store, packed):
     spec = JobSpec.model_validate(small_job(max_epochs=4, pack_folds=packed))
-    data = load_dataset(spec.dataset)
+    with sessions() as session:
+        data = resolve(spec, session=session, owner="local")
+    source = source_of(data, store)
     cluster = Cluster()
     job = f"results-{packed}"
-    tasks = cluster.submit(cluster.put((data.x, data.y, data.info)), fold_plans(data.strata(), spec.cv),
-                           spec.training_config(), job)
+    tasks = cluster.submit(source, split_plans(data, source, spec.cv, [0, 1, 2]), spec.training_config(), job)
     assert len(tasks) == (1 if packed else 3)
     results = [r for ref, indices in tasks.items() for r in cluster.results(ref, indices)]
     assert sorted(r.index for r in results) == [0, 1, 2]

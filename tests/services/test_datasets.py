@@ -24,12 +24,36 @@ def test_synthetic_follows_its_parameters_and_seed():
 
 
 @pytest.mark.parametrize("spec", [
-    DatasetSpec(name="synthetic", rows=1003, features=7, classes=4, seed=2),
-    DatasetSpec(name="synthetic_regression", rows=1003, features=7),
-    DatasetSpec(name="digits"), DatasetSpec(name="diabetes")])
-def test_describe_agrees_with_the_generated_data(spec):
-    from services.datasets import describe
-    facts = describe(spec)
-    data = load_dataset(spec)
-    assert facts.info == data.info and facts.rows == len(data.y) == len(data.x)
-    assert facts.smallest_stratum <= data.smallest_stratum() <= facts.smallest_stratum + 1
+    {"name": "synthetic", "rows": 1003, "features": 7, "classes": 4, "seed": 2},
+    {"name": "synthetic_regression", "rows": 1003, "features": 7}])
+def test_a_generated_dataset_is_written_once_and_is_what_its_job_expects(spec, store):
+    """What the job is told at submission (rows, features, classes) is what the dispatcher
+    writes to the store, once; each class has rows // classes rows or one more."""
+    from services.job_data import generated_data
+    from services.job_inputs import source_of
+    from workers.table import read_table
+    data = generated_data(DatasetSpec.model_validate(spec))
+    source = source_of(data, store)
+    assert source_of(data, store).uri == source.uri and len(store.files()) == 1
+    table = read_table(source.uri, data.features, data.label)
+    assert len(table) == data.rows == spec["rows"] and len(table.features) == data.input_width == 7
+    expected = load_dataset(DatasetSpec.model_validate(spec))
+    assert np.array_equal(np.stack(list(table.features.values()), 1).astype(np.float32), expected.x)
+    if data.classes:
+        counts = np.bincount(table.label.astype(int))
+        assert list(range(4)) == data.classes and counts.min() >= data.rows // 4
+
+
+@pytest.mark.parametrize("name", ["digits", "iris", "wine", "breast_cancer", "diabetes"])
+def test_a_bundled_dataset_is_stored_as_an_ordinary_one_with_the_same_values(name, sessions, store):
+    from services.catalog import get_dataset
+    from services.datasets import bundled_id
+    from workers.table import read_table
+    with sessions() as session:
+        stored = get_dataset(session=session, dataset_id=bundled_id(name), owner="someone")
+    expected = load_dataset(DatasetSpec(name=name))
+    features = [c["name"] for c in stored.columns if c["name"] != "target"]
+    table = read_table(stored.uri, features, "target")
+    assert stored.owner == "bundled" and stored.rows == len(expected.y) and stored.extra["label"] == "target"
+    assert np.array_equal(np.stack(list(table.features.values()), 1).astype(np.float32), expected.x)
+    assert np.array_equal(table.label.astype(expected.y.dtype), expected.y)

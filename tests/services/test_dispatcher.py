@@ -9,7 +9,6 @@ from sqlalchemy import update
 
 from services import jobs
 from services.cluster import Cluster
-from services.database import make_engine, session_factory, upgrade_schema
 from services.dispatcher import Dispatcher, LeaseLost
 from services.models import Fold, Job
 from services.states import JobStatus
@@ -20,10 +19,7 @@ SLOW_FOLDS = dict(dataset={"name": "synthetic", "rows": 4000, "features": 20}, m
                   early_stopping={"patience": 1000}, checkpoint_interval_s=0)
 
 
-def test_a_job_that_cannot_start_fails_alone_and_the_next_one_runs(ray_session, tmp_path, database_url):
-    engine = make_engine(database_url)
-    upgrade_schema(engine)
-    sessions = session_factory(engine)
+def test_a_job_that_cannot_start_fails_alone_and_the_next_one_runs(ray_session, tmp_path, sessions, store):
     with sessions() as session:
         # A spec this version cannot read (say, written by a newer one), then a good job.
         broken = Job(name="broken", spec={"name": "broken"}, status=JobStatus.QUEUED, cancel_requested=False)
@@ -32,7 +28,7 @@ def test_a_job_that_cannot_start_fails_alone_and_the_next_one_runs(ray_session, 
         session.commit()
         good = store_job(session, small_job(max_epochs=3))
     tracker = Tracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifacts_dir=tmp_path / "art")
-    dispatcher = Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker, max_active_jobs=1)
+    dispatcher = Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker, store=store, max_active_jobs=1)
 
     def status(job_id):
         with sessions() as session:
@@ -47,10 +43,9 @@ def test_a_job_that_cannot_start_fails_alone_and_the_next_one_runs(ray_session, 
     assert failed.status is JobStatus.FAILED and failed.error.startswith("could not start")
     assert {f.status.value for f in failed.folds} == {"cancelled"}
     assert not dispatcher.active
-    engine.dispose()
 
 
-def test_a_tick_that_fails_midway_loses_no_epoch_and_logs_none_twice(ray_session, tmp_path, database_url):
+def test_a_tick_that_fails_midway_loses_no_epoch_and_logs_none_twice(ray_session, tmp_path, sessions, store):
     """The dispatcher fails while storing progress (MLflow unreachable for a moment):
     the events it had read stay on the board, the next tick stores them, and every
     epoch appears once in MLflow."""
@@ -64,13 +59,10 @@ def test_a_tick_that_fails_midway_loses_no_epoch_and_logs_none_twice(ray_session
             if FlakyTracker.calls in (4, 9):
                 raise ConnectionError("MLflow unreachable")
 
-    engine = make_engine(database_url)
-    upgrade_schema(engine)
-    sessions = session_factory(engine)
     with sessions() as session:
         job_id = store_job(session, small_job(max_epochs=8, early_stopping={"patience": 100})).id
     tracker = FlakyTracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifacts_dir=tmp_path / "art")
-    dispatcher = Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker, max_active_jobs=2,
+    dispatcher = Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker, store=store, max_active_jobs=2,
                             poll_interval_s=0.2)
     failures = []
 
@@ -90,19 +82,16 @@ def test_a_tick_that_fails_midway_loses_no_epoch_and_logs_none_twice(ray_session
         steps = [m.step for m in client.get_metric_history(fold.mlflow_run_id, "val_loss")]
         assert sorted(steps) == list(range(1, 9)), fold.index
         assert fold.attempts == 1
-    engine.dispose()
 
 
-def test_a_dispatcher_that_lost_a_job_writes_nothing_more_to_it(ray_session, tmp_path, database_url):
+def test_a_dispatcher_that_lost_a_job_writes_nothing_more_to_it(ray_session, tmp_path, sessions, store):
     """A dispatcher stalls past its lease and another adopts its job: the stalled one's
     next commit is refused (fenced), and nothing it wrote lands."""
-    engine = make_engine(database_url)
-    upgrade_schema(engine)
-    sessions = session_factory(engine)
     with sessions() as session:
         job_id = store_job(session, small_job(**SLOW_FOLDS)).id
     tracker = Tracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifacts_dir=tmp_path / "art")
-    stalled = Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker, max_active_jobs=2)
+    stalled = Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker, store=store,
+                         max_active_jobs=2)
     stalled.tick()
     assert job_id in stalled.active
     with sessions() as session:  # meanwhile another dispatcher adopted the job
@@ -119,4 +108,3 @@ def test_a_dispatcher_that_lost_a_job_writes_nothing_more_to_it(ray_session, tmp
         assert job.status is JobStatus.RUNNING
     stalled.tick()  # the next tick lets the job go
     assert job_id not in stalled.active
-    engine.dispose()

@@ -69,7 +69,7 @@ def test_a_dataset_refuses_sizes_that_mean_nothing_for_it(dataset, field, rule):
 
 def test_the_schema_says_a_dataset_is_a_name_or_an_object_with_what_it_takes():
     schema = JobSpec.model_json_schema()["$defs"]["DatasetSpec"]
-    names, bundled, synthetic, regression = schema["anyOf"]
+    names, bundled, synthetic, regression, stored = schema["anyOf"]
     assert names["type"] == "string" and {"digits", "synthetic"} <= set(names["enum"])
     assert set(bundled["properties"]) == {"name"} and bundled["additionalProperties"] is False
     assert "digits" in bundled["properties"]["name"]["enum"]
@@ -77,9 +77,38 @@ def test_the_schema_says_a_dataset_is_a_name_or_an_object_with_what_it_takes():
     assert set(regression["properties"]) == {"name", "rows", "features", "seed"}
     assert synthetic["properties"]["rows"] == {"type": "integer", "minimum": 30, "maximum": 2_000_000,
                                                "default": 1000}
+    assert stored["required"] == ["label"] and stored["oneOf"] == [{"required": ["id"]}, {"required": ["name"]}]
+    assert {"features", "drop", "strata", "group", "task", "missing"} <= set(stored["properties"])
 
 
 def test_null_is_not_a_size():
     with pytest.raises(ValidationError) as refused:
         JobSpec.model_validate(small_job(dataset={"name": "synthetic", "seed": None}))
     assert refused.value.errors()[0]["loc"] == ("dataset", "seed")
+
+
+
+def test_a_stored_dataset_is_named_with_its_label_and_gets_its_defaults():
+    dataset = JobSpec.model_validate(small_job(dataset={"id": "abc", "label": "species"})).model_dump()["dataset"]
+    assert dataset == {"id": "abc", "label": "species", "drop": [], "strata": [], "missing": "refuse"}
+    by_name = {"name": "my-pets", "label": "kind", "features": ["age", "city"], "strata": ["city"],
+               "group": "owner", "task": "classification", "missing": "mean"}
+    assert JobSpec.model_validate(small_job(dataset=by_name)).model_dump()["dataset"] == {**by_name, "drop": []}
+
+
+@pytest.mark.parametrize("dataset, where, rule", [
+    ({"id": "abc"}, ("dataset",), "needs its label column"),
+    ({"name": "mnist"}, ("dataset", "name"), "give its id or name and its label"),
+    ({"id": "abc", "name": "x", "label": "y"}, ("dataset", "name"), "not both"),
+    ({"name": "digits", "drop": ["a"]}, ("dataset", "drop"), "only a stored dataset"),
+    ({"id": "abc", "label": "y", "rows": 500}, ("dataset", "rows"), "a stored dataset takes no rows"),
+    ({"id": "abc", "label": "y", "features": 5}, ("dataset", "features"), "list of feature columns"),
+    ({"id": "abc", "label": "y", "strata": ["a", "a"]}, ("dataset", "strata"), "names a column twice"),
+    ({"id": "abc", "label": "y", "missing": "median"}, ("dataset", "missing"), "'refuse' or 'mean'"),
+    ({"name": "synthetic", "rows": 10}, ("dataset", "rows"), "from 30 to 2,000,000"),
+])
+def test_a_dataset_section_that_breaks_a_rule_names_the_field(dataset, where, rule):
+    with pytest.raises(ValidationError) as refused:
+        JobSpec.model_validate(small_job(dataset=dataset))
+    errors = refused.value.errors()
+    assert any(e["loc"] == where and rule in e["msg"] for e in errors), errors

@@ -4,13 +4,18 @@ from sqlalchemy import func, select
 from services import jobs
 from services.errors import IdempotencyConflict
 from services.models import Fold, Job
+from services.job_data import resolve
 from services.spec import JobSpec
 from services.submissions import prepare, store
 from tests.helpers import small_job
 
+# Generated data: what these tests store is the point, and it needs no dataset lookup.
+GENERATED = {"name": "synthetic", "rows": 200, "features": 4, "classes": 3}
 
-def submission(key=None, **overrides):
-    return prepare(JobSpec.model_validate(small_job(**overrides)), "team-a", key)
+
+def submission(key=None, owner="team-a", **overrides):
+    spec = JobSpec.model_validate(small_job(**{"dataset": GENERATED, **overrides}))
+    return prepare(spec, resolve(spec, session=None, owner=owner), owner, key)
 
 
 def counts(sessions) -> tuple[int, int]:
@@ -57,8 +62,8 @@ def test_a_row_the_database_refuses_fails_alone(sessions):
 
 
 def test_keys_belong_to_their_owner(sessions):
-    mine = prepare(JobSpec.model_validate(small_job()), "team-a", "shared-key")
-    theirs = prepare(JobSpec.model_validate(small_job()), "team-b", "shared-key")
+    mine = submission("shared-key", owner="team-a")
+    theirs = submission("shared-key", owner="team-b")
     with sessions() as session:
         outcomes = store(session, [mine, theirs])
     assert [created for _, created in outcomes] == [True, True]

@@ -14,6 +14,7 @@ from workers.config import (AdamConfig, MLPConfig, MomentumConfig, OptimizerConf
                             RMSpropConfig, SGDConfig, StoppingConfig, TrainingConfig)
 from workers.fold import run_fold
 from workers.packed.fold import run_packed_folds
+from workers.table import Table
 from workers.plans import DataInfo, FoldPlan
 
 CPU = torch.device("cpu")
@@ -103,10 +104,10 @@ def name_of(config) -> str:
 def run_both(job, x, y, fold_plans, info=INFO):
     """Both ways on the CPU: (unpacked results, their reports, packed results, theirs)."""
     unpacked_reports = {}
-    unpacked = [run_fold(x, y, info, p, job, device=CPU, callbacks=recording(unpacked_reports))
+    unpacked = [run_fold(Table.of(x, y), info, p, job, device=CPU, callbacks=recording(unpacked_reports))
                 for p in fold_plans]
     packed_reports = {}
-    packed = run_packed_folds(x, y, info, fold_plans, job, device=CPU, callbacks=recording(packed_reports))
+    packed = run_packed_folds(Table.of(x, y), info, fold_plans, job, device=CPU, callbacks=recording(packed_reports))
     return unpacked, unpacked_reports, packed, packed_reports
 
 
@@ -114,8 +115,8 @@ def run_both(job, x, y, fold_plans, info=INFO):
 def float64(monkeypatch):
     """Exact comparisons: in float32, training amplifies rounding differences between
     the batched and the plain matrix products; in float64 they stay at ~1e-13."""
-    import workers.fold
-    monkeypatch.setattr(workers.fold, "FEATURE_DTYPE", np.float64)
+    import workers.encoding
+    monkeypatch.setattr(workers.encoding, "FEATURE_DTYPE", np.float64)
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(torch.float32)

@@ -168,13 +168,14 @@ def test_captured_packed_and_unpacked_folds_match_eager_cpu_training(float64, op
     from tests.workers.helpers import INFO, OPTIMIZERS, blobs, job_for, name_of, plans, run_both
     from workers.fold import run_fold
     from workers.packed.fold import run_packed_folds
+    from workers.table import Table
     config = next(o for o in OPTIMIZERS if name_of(o) == optimizer)
     x, y = blobs()
     job = job_for(config, batch_size=16)
     cpu_unpacked, _, _, _ = run_both(job, x, y, plans(len(y)))
     cuda = torch.device("cuda")
-    unpacked = [run_fold(x, y, INFO, p, job, device=cuda) for p in plans(len(y))]
-    packed = run_packed_folds(x, y, INFO, plans(len(y)), job, device=cuda)
+    unpacked = [run_fold(Table.of(x, y), INFO, p, job, device=cuda) for p in plans(len(y))]
+    packed = run_packed_folds(Table.of(x, y), INFO, plans(len(y)), job, device=cuda)
     for reference, alone, together in zip(cpu_unpacked, unpacked, packed):
         for run in (alone, together):
             assert run.best_epoch == reference.best_epoch

@@ -12,6 +12,7 @@ from workers.config import MLPConfig
 from workers.fold import run_fold
 from workers.models import build_model
 from workers.packed.fold import run_packed_folds
+from workers.table import Table
 from workers.plans import DataInfo
 
 
@@ -57,9 +58,9 @@ def test_a_stopped_fold_is_frozen_while_the_others_train(float64):
     x, y = blobs()
     # Patience 1: the folds stop early, at different epochs.
     job = replace(job_for(OPTIMIZERS[3]), max_epochs=30, early_stopping=stopping(patience=1))
-    unpacked = [run_fold(x, y, INFO, p, job, device=CPU) for p in plans(len(y))]
+    unpacked = [run_fold(Table.of(x, y), INFO, p, job, device=CPU) for p in plans(len(y))]
     snapshots = []  # the pack's state after every epoch
-    packed = run_packed_folds(x, y, INFO, plans(len(y)), job, device=CPU,
+    packed = run_packed_folds(Table.of(x, y), INFO, plans(len(y)), job, device=CPU,
                               callbacks=recording({}, snapshots))
     assert len({p.epochs_run for p in packed}) > 1  # folds stopped at different epochs
     for alone, together in zip(unpacked, packed):
@@ -114,7 +115,7 @@ def test_the_packed_optimizer_steps_each_fold_as_its_own_optimizer_would(config)
 def test_packed_checkpoints_load_into_the_plain_model():
     x, y = blobs()
     job = job_for(OPTIMIZERS[3])
-    for outcome in run_packed_folds(x, y, INFO, plans(len(y)), job, device=CPU):
+    for outcome in run_packed_folds(Table.of(x, y), INFO, plans(len(y)), job, device=CPU):
         model = build_model(job.model, (5,), 3)
         model.load_state_dict(torch.load(io.BytesIO(outcome.checkpoint), weights_only=True))
 
@@ -134,7 +135,7 @@ def test_each_packed_fold_draws_its_own_dropout_masks():
 def test_diverging_folds_fail_with_their_epoch_and_the_rest_finish():
     x, y = blobs()
     job = job_for(optimizer("sgd", lr=1e6), batch_norm=False)
-    results = run_packed_folds(x, y, INFO, plans(len(y)), job, device=CPU)
+    results = run_packed_folds(Table.of(x, y), INFO, plans(len(y)), job, device=CPU)
     failed = [r.error for r in results if r.status == "failed"]
     # With this seed folds 0 and 1 blow up at once; fold 2's ReLUs die and it carries on.
     assert failed == ["loss became nan at epoch 1 (train_loss)"] * 2
@@ -185,10 +186,10 @@ def test_a_packed_task_resumed_from_a_checkpoint_continues_exactly():
     job = replace(job_for(OPTIMIZERS[3]), max_epochs=10, early_stopping=stopping(patience=3),
                   model=MLPConfig((16, 8), batch_norm=True, dropout=0.2))
     snapshots, whole = [], {}
-    full = run_packed_folds(x, y, INFO, plans(len(y)), job, device=CPU, callbacks=recording(whole, snapshots))
+    full = run_packed_folds(Table.of(x, y), INFO, plans(len(y)), job, device=CPU, callbacks=recording(whole, snapshots))
     resumed_reports = {}
     torch.manual_seed(999)
-    resumed = run_packed_folds(x, y, INFO, plans(len(y)), job, device=CPU,
+    resumed = run_packed_folds(Table.of(x, y), INFO, plans(len(y)), job, device=CPU,
                                callbacks=recording(resumed_reports), resume_from=snapshots[3])
     for fold, (alone, again) in enumerate(zip(full, resumed)):
         assert again.epochs_run == alone.epochs_run and again.best_epoch == alone.best_epoch

@@ -12,6 +12,7 @@ from workers.early_stopping import EarlyStopping
 from workers.fold import run_fold, standardize
 from workers.models import build_mlp
 from workers.optimizers import LectureMomentum, build_optimizer
+from workers.table import Table
 from workers.plans import DataInfo, FoldPlan
 from workers.tasks import Classification
 from workers.training import LossAverage, Split, batch_starts, evaluate, fit, train_one_epoch
@@ -133,7 +134,7 @@ def test_momentum_follows_the_lecture_formula():
 def test_every_optimizer_learns_a_separable_problem(name):
     x, y = blobs()
     job = replace(JOB, optimizer=optimizer(name, lr=0.05 if name in ("sgd", "momentum") else 0.01))
-    outcome = run_fold(x, y, INFO, plan_for(len(y)), job, device=CPU)
+    outcome = run_fold(Table.of(x, y), INFO, plan_for(len(y)), job, device=CPU)
     assert outcome.test_metrics["accuracy"] > 0.9
 
 
@@ -180,7 +181,7 @@ def test_fit_restores_the_best_weights_before_testing():
 def test_run_fold_reports_every_epoch_and_returns_a_loadable_checkpoint():
     x, y = blobs()
     reports = []
-    outcome = run_fold(x, y, INFO, plan_for(len(y)), JOB, device=CPU, callbacks=recording(reports))
+    outcome = run_fold(Table.of(x, y), INFO, plan_for(len(y)), JOB, device=CPU, callbacks=recording(reports))
     assert outcome.status == "succeeded" and outcome.index == 0
     assert [r.epoch for r in reports] == list(range(1, outcome.epochs_run + 1))
     assert 1 <= outcome.best_epoch <= outcome.epochs_run
@@ -191,7 +192,7 @@ def test_run_fold_reports_every_epoch_and_returns_a_loadable_checkpoint():
 
 def test_same_seed_gives_the_same_fold():
     x, y = blobs()
-    runs = [run_fold(x, y, INFO, plan_for(len(y)), JOB, device=CPU) for _ in range(2)]
+    runs = [run_fold(Table.of(x, y), INFO, plan_for(len(y)), JOB, device=CPU) for _ in range(2)]
     assert runs[0].test_metrics == runs[1].test_metrics
 
 
@@ -206,7 +207,7 @@ def test_a_diverging_loss_stops_the_fold_with_its_epoch():
     x, y = blobs()
     job = replace(JOB, model=MLPConfig((32,), batch_norm=False, dropout=0.0),
                   optimizer=optimizer("sgd", lr=1e6))
-    result = run_fold(x * 1e3, y, INFO, plan_for(len(y)), job, device=CPU)
+    result = run_fold(Table.of(x * 1e3, y), INFO, plan_for(len(y)), job, device=CPU)
     assert result.status == "failed" and result.checkpoint is None and not result.test_metrics
     assert re.search(r"loss became (nan|inf) at epoch \d+", result.error), result.error
 
@@ -222,7 +223,7 @@ def test_build_optimizer_maps_the_lecture_hyperparameters():
 def test_epoch_reports_carry_the_loss_average_beside_the_raw_loss():
     x, y = blobs()
     reports = []
-    run_fold(x, y, INFO, plan_for(len(y)), replace(JOB, loss_ewma_beta=0.5), device=CPU,
+    run_fold(Table.of(x, y), INFO, plan_for(len(y)), replace(JOB, loss_ewma_beta=0.5), device=CPU,
              callbacks=recording(reports))
     average = LossAverage(0.5)
     for report in reports:
@@ -264,7 +265,7 @@ def test_regression_fold_reports_mae_and_r2():
     job = replace(JOB, model=MLPConfig((32,), batch_norm=False, dropout=0.0), max_epochs=60)
     rows = np.random.default_rng(0).permutation(len(y))
     plan = FoldPlan(0, rows[:260], rows[260:350], rows[350:])
-    outcome = run_fold(x, y, DataInfo("regression", (10,)), plan, job, device=CPU)
+    outcome = run_fold(Table.of(x, y), DataInfo("regression", (10,)), plan, job, device=CPU)
     assert set(outcome.test_metrics) == {"loss", "mae", "r2"}
     assert outcome.test_metrics["r2"] > 0.3 and 30 < outcome.test_metrics["mae"] < 60
 
@@ -275,7 +276,7 @@ def test_cnn_fold_learns_digits():
     job = replace(JOB, model=CNNConfig((8, 16), (32,), batch_norm=True, dropout=0.1), max_epochs=8)
     rows = np.random.default_rng(0).permutation(len(y))
     plan = FoldPlan(0, rows[:1000], rows[1000:1400], rows[1400:])
-    outcome = run_fold(x, y, DataInfo("classification", (1, 8, 8), 10), plan, job, device=CPU)
+    outcome = run_fold(Table.of(x, y), DataInfo("classification", (1, 8, 8), 10), plan, job, device=CPU)
     assert outcome.test_metrics["accuracy"] > 0.9
 
 
@@ -283,12 +284,12 @@ def test_a_fold_resumed_from_a_checkpoint_continues_exactly():
     x, y = blobs()
     job = replace(JOB, max_epochs=12, early_stopping=stopping(patience=20))
     whole, snapshots = [], []
-    full = run_fold(x, y, INFO, plan_for(len(y)), job, device=CPU, callbacks=recording(whole, snapshots))
+    full = run_fold(Table.of(x, y), INFO, plan_for(len(y)), job, device=CPU, callbacks=recording(whole, snapshots))
     assert len(snapshots) == 12
     resumed_reports = []
     # As if the worker died after epoch 5: a new process starts from that checkpoint.
     torch.manual_seed(12345)  # whatever the new process's random state, the checkpoint wins
-    resumed = run_fold(x, y, INFO, plan_for(len(y)), job, device=CPU, callbacks=recording(resumed_reports),
+    resumed = run_fold(Table.of(x, y), INFO, plan_for(len(y)), job, device=CPU, callbacks=recording(resumed_reports),
                        resume_from=snapshots[4])
     assert [r.epoch for r in resumed_reports] == list(range(6, 13))
     for before, after in zip(whole[5:], resumed_reports):

@@ -229,4 +229,5 @@ def fold_result(fold: PackedFold, test_sums: list[float], n_test: int) -> FoldRe
         return FoldResult.failed(fold.index, fold.error, fold.epochs_done)
     stopper = fold.stopper
     return FoldResult(fold.index, Ending.SUCCEEDED, stopper.best_epoch, fold.epochs_done, stopper.best_metrics,
-                      fold.task.metrics(test_sums, n_test), weights_bytes(stopper.best_state))
+                      fold.task.metrics(test_sums, n_test), weights_bytes(stopper.best_state),
+                      fold.task.confusion(test_sums))

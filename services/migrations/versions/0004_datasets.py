@@ -1,4 +1,4 @@
-"""datasets: uploaded (and bundled) datasets; the dataset a job uses
+"""datasets: uploaded (and bundled) datasets; the data a job uses
 
 Revision ID: 0004
 Revises: 0003
@@ -30,7 +30,10 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('datasets', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_datasets_owner'), ['owner'], unique=False)
+    with op.batch_alter_table('folds', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('confusion', sa.JSON(), nullable=True))
     with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('data', sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column('dataset_id', sa.String(length=36), nullable=True))
         batch_op.create_index(batch_op.f('ix_jobs_dataset_id'), ['dataset_id'], unique=False)
 
@@ -39,6 +42,9 @@ def downgrade() -> None:
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_jobs_dataset_id'))
         batch_op.drop_column('dataset_id')
+        batch_op.drop_column('data')
     with op.batch_alter_table('datasets', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_datasets_owner'))
     op.drop_table('datasets')
+    with op.batch_alter_table('folds', schema=None) as batch_op:
+        batch_op.drop_column('confusion')
