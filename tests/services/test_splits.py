@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from services.datasets import load_dataset
-from services.spec import DatasetSpec
-from services.splits import fold_rows, make_groups
+from services.spec import CVSpec, DatasetSpec
+from services.splits import (column_strata, combined_strata, fold_plans, fold_rows, label_strata,
+                             make_groups)
 
 
 @pytest.fixture
@@ -57,3 +58,54 @@ def test_unstratified_groups_still_partition_the_rows():
     groups = make_groups(y, 4, seed=1, stratify=False)
     assert sorted(len(g) for g in groups) == [25, 26, 26, 26]
     assert np.array_equal(np.sort(np.concatenate(groups)), np.arange(103))
+
+
+def people(n=300, seed=0):
+    """A label, and the lecture's attributes: sex (strings, some missing) and age (numbers)."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 3, n)
+    sex = np.array([None if rng.random() < 0.05 else rng.choice(["f", "m"]) for _ in range(n)], dtype=object)
+    return label, sex, rng.normal(40, 12, n)
+
+
+def test_folds_keep_the_label_and_the_strata_columns_in_proportion():
+    label, sex, age = people()
+    k = 5
+    strata = combined_strata(label_strata(label, "classification"), [column_strata(sex), column_strata(age)], k)
+    plans = fold_plans(strata, CVSpec(folds=k, seed=3))
+    tested = np.sort(np.concatenate([p.test for p in plans]))
+    assert np.array_equal(tested, np.arange(len(label)))  # every row tested exactly once
+    for stratum in np.unique(strata):
+        rows = np.flatnonzero(strata == stratum)
+        ideal = len(rows) / k
+        per_fold = [np.isin(p.test, rows).sum() for p in plans]
+        assert all(abs(count - ideal) < 1 for count in per_fold), (stratum, per_fold)
+    # Stratifying on the combination keeps each attribute in proportion too.
+    for values in (sex, label):
+        for value in set(values):
+            share = [np.mean(values[p.test] == value) for p in plans]
+            assert max(share) - min(share) < 0.1
+
+
+def test_a_stratum_smaller_than_the_folds_is_merged_never_dropped():
+    label = np.array([0] * 30 + [1] * 30)
+    rare = np.array(["a"] * 28 + ["b"] * 2 + ["a"] * 30, dtype=object)  # 'b' has 2 rows of class 0
+    strata = combined_strata(label, [column_strata(rare)], k=5)
+    assert len(strata) == 60 and np.bincount(strata)[np.bincount(strata) > 0].min() >= 5
+    assert len({strata[i] for i in (28, 29)}) == 1 and strata[28] == strata[0]  # joined class 0's
+    assert all(len(set(label[strata == s])) == 1 for s in np.unique(strata))  # never across classes
+
+
+def test_a_group_never_spans_two_folds_and_validation_rotates():
+    label, sex, age = people()
+    groups = np.array([f"family-{i // 6}" for i in range(len(label))], dtype=object)
+    plans = fold_plans(label_strata(label, "classification"), CVSpec(folds=5, seed=1), groups=groups)
+    tested = np.concatenate([p.test for p in plans])
+    assert np.array_equal(np.sort(tested), np.arange(len(label)))
+    fold_of = {}
+    for plan in plans:
+        for group in set(groups[plan.test]):
+            assert fold_of.setdefault(group, plan.index) == plan.index, group
+    for plan in plans:  # model i validates on the test rows of fold i+1
+        assert np.array_equal(plan.val, plans[(plan.index + 1) % 5].test)
+        assert not set(plan.train) & (set(plan.val) | set(plan.test))
