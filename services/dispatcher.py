@@ -261,7 +261,8 @@ class Dispatcher:
             move_fold(fold, FoldStatus.SUCCEEDED)
             self.tracker.finish_fold(fold.mlflow_run_id, status="succeeded",
                                      test_metrics=fold.test_metrics, best=best_of(fold),
-                                     checkpoint=result.checkpoint)
+                                     checkpoint=result.checkpoint,
+                                     model=model_of(session.get(Job, job_id), result))
         else:
             fold.error = result.error
             move_fold(fold, FoldStatus.FAILED)
@@ -358,3 +359,13 @@ def dataset_params(data: JobData) -> dict[str, str]:
              "dataset.inputs": data.input_width, "dataset.classes": len(data.classes) or None,
              "dataset.digest": data.digest}
     return {key: str(value)[:6000] for key, value in facts.items() if value is not None}
+
+
+def model_of(job: Job, result: FoldResult) -> dict | None:
+    """What a fold's exported model needs beside its weights (Tracker.log_model)."""
+    if result.preprocessing is None:
+        return None
+    spec, data = JobSpec.model_validate(job.spec), JobData.of(job.data)
+    return {"model": spec.model.model_dump(), "input_shape": list(data.input_shape),
+            "outputs": len(data.classes) or 1, "task": data.task, "preprocessing": result.preprocessing,
+            "schema": data.schema[:-1]}  # the raw feature columns: the label is the last

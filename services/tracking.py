@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
@@ -20,6 +21,11 @@ from mlflow.tracking import MlflowClient
 from services.reports import class_report, confusion_png
 
 PARAMS_PER_BATCH = 100  # MLflow's limit for one log_batch call
+WORKERS = Path(__file__).resolve().parents[1] / "workers"  # the exported models' code
+MODEL_NEEDS = ["torch", "numpy", "pandas", "mlflow"]
+# Arrow types as an MLflow signature has them. Numbers are declared double, as a table read
+# with pandas has them when a value is missing.
+SIGNATURE_TYPES = {"string": "string", "large_string": "string", "bool": "boolean"}
 END_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
 # The experiment tag MLflow 3 reads to choose between its GenAI and model-training views.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -73,11 +79,14 @@ class Tracker:
 
     def finish_fold(self, run_id: str, *, status: str, test_metrics: dict[str, float] | None = None,
                     best: dict[str, float] | None = None, checkpoint: bytes | None = None,
-                    error: str | None = None) -> None:
+                    model: dict | None = None, error: str | None = None) -> None:
         """`best`: best_epoch and that epoch's best_val_loss / best_val_accuracy, named apart
-        from the per-epoch val_loss / val_accuracy (the latest epoch's)."""
+        from the per-epoch val_loss / val_accuracy (the latest epoch's). `model`: what the
+        exported model needs beside the checkpoint (see log_model)."""
         if checkpoint is not None:
             self._log_bytes(run_id, checkpoint, "checkpoint", "best.pt")
+            if model is not None:
+                self.log_model(run_id, checkpoint, model)
         metrics = {**{f"test_{k}": v for k, v in (test_metrics or {}).items()}, **(best or {})}
         self.log_values(run_id, metrics)
         if error:
@@ -113,6 +122,26 @@ class Tracker:
                              "confusion_matrix.json")
         self._log_bytes(run_id, confusion_png(classes, confusion), "", "confusion_matrix.png")
 
+    def log_model(self, run_id: str, checkpoint: bytes, about: dict) -> None:
+        """The fold's best model as an MLflow pyfunc model (under `model/`) that takes raw
+        rows of the table and returns labels or values: its loader is workers.exported,
+        copied into the model with the rest of `workers`, so it needs MLflow, torch and
+        numpy only. `about`: the model's settings, input shape, outputs, task, the fold's
+        preprocessing (workers.fold.prepare) and the raw feature columns' schema."""
+        import mlflow.pyfunc
+
+        with tempfile.TemporaryDirectory() as tmp:
+            data = Path(tmp) / "data"
+            data.mkdir()
+            (data / "best.pt").write_bytes(checkpoint)
+            (data / "model.json").write_text(json.dumps({k: v for k, v in about.items() if k != "schema"}))
+            with warnings.catch_warnings():  # the signature says the columns; no example rows here
+                warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+                mlflow.pyfunc.save_model(
+                    Path(tmp) / "model", loader_module="workers.exported", data_path=str(data),
+                    code_paths=[str(WORKERS)], signature=signature_of(about), pip_requirements=MODEL_NEEDS)
+            self.client.log_artifacts(run_id, str(Path(tmp) / "model"), artifact_path="model")
+
     def tag(self, run_id: str, key: str, value: str) -> None:
         self.client.set_tag(run_id, key, value)
 
@@ -125,3 +154,17 @@ class Tracker:
             path = Path(tmp) / filename
             path.write_bytes(data)
             self.client.log_artifact(run_id, str(path), artifact_path=folder or None)
+
+
+def signature_of(about: dict):
+    """The raw feature columns in, a label (or value) out. A column the job imputed may
+    have missing values, so none is required to be complete."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    inputs = Schema([ColSpec(SIGNATURE_TYPES.get(column["type"], "double"), column["name"], required=False)
+                     for column in about["schema"]])
+    classes = about["preprocessing"].get("classes") or []
+    output = "string" if any(isinstance(c, str) for c in classes) else \
+        ("long" if classes else "double")
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(output)]))

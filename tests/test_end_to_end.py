@@ -3,12 +3,14 @@
 single Ray instance."""
 from __future__ import annotations
 
+import io
 import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from api.cli import main as cli
@@ -122,3 +124,44 @@ def test_cli_submits_follows_lists_and_cancels(stack, tmp_path, capsys):
     spec_file.write_text(json.dumps(small_job(optimizer={"name": "adam", "lr": -1})))
     assert cli(["--url", url, "submit", str(spec_file)]) == 1
     assert "optimizer.adam.lr: Input should be greater than 0" in capsys.readouterr().err
+
+
+def pets_csv(rows: int = 240, seed: int = 0) -> str:
+    """A table as a user brings one: a string label that age and city predict, a string
+    feature, a boolean, a missing value, and sex to stratify on."""
+    rng = np.random.default_rng(seed)
+    lines = ["age,city,member,sex,species"]
+    for i in range(rows):
+        city = ["Paris", "Lyon", "Nice"][i % 3]
+        age = int(rng.integers(1, 15))
+        species = "cat" if age < 6 else ("dog" if city != "Nice" else "bird")
+        lines.append(f"{'' if i == 7 else age},{city},{'true' if i % 2 else 'false'},"
+                     f"{rng.choice(['f', 'm'])},{species}")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_uploaded_csv_trains_and_its_exported_model_predicts_raw_rows(stack, tmp_path):
+    """Upload a CSV with string labels, string features and a missing value; train 3 folds
+    with missing: mean and strata; then load a fold's model from MLflow as a user would and
+    predict on raw rows of the same CSV."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    http, tracker = stack
+    csv = pets_csv()
+    dataset = http.post("/datasets", files={"file": ("pets.csv", csv.encode())}).json()
+    spec = small_job(name="pets", dataset={"id": dataset["id"], "label": "species", "missing": "mean",
+                                           "strata": ["sex"]}, max_epochs=40)
+    job = wait_until_finished(http, http.post("/jobs", json=spec).json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert job["classes"] == ["bird", "cat", "dog"] and job["summary"]["test_accuracy_mean"] > 0.8
+    fold_run = job["folds"][0]["mlflow_run_id"]
+    assert {a.path for a in tracker.client.list_artifacts(fold_run, "model")} >= {"model/MLmodel"}
+    mlflow.set_tracking_uri(tracker.client.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{fold_run}/model")
+    frame = pd.read_csv(io.StringIO(csv))
+    predicted = np.asarray(model.predict(frame.drop(columns=["species"]))).reshape(-1)
+    assert set(predicted) <= {"bird", "cat", "dog"} and len(predicted) == len(frame)
+    assert (predicted == frame["species"].to_numpy()).mean() > 0.8
+    inputs = {c.name for c in model.metadata.get_input_schema().inputs}
+    assert inputs == {"age", "city", "member", "sex"}

@@ -71,9 +71,10 @@ def fit_and_encode(features: dict[str, np.ndarray], train_rows: np.ndarray) -> t
 def encode_numbers(numbers: dict[str, np.ndarray], train_rows: np.ndarray, encoding: Encoding) -> np.ndarray:
     block = np.stack(list(numbers.values()), axis=1).astype(FEATURE_DTYPE)
     missing = np.isnan(block)
-    impute = np.zeros(block.shape[1], dtype=FEATURE_DTYPE)
-    if missing.any():  # per column, the training rows' mean where a value is missing
-        impute = np.nanmean(block[train_rows], axis=0)
+    # Per column, the training rows' mean: what fills a missing value, here or in an
+    # exported model's rows.
+    impute = np.nanmean(block[train_rows], axis=0) if missing.any() else block[train_rows].mean(axis=0)
+    if missing.any():
         block = np.where(missing, impute, block).astype(FEATURE_DTYPE)
         encoding.imputed += int(missing.sum())
     mean, std = block[train_rows].mean(axis=0), block[train_rows].std(axis=0)
