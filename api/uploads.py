@@ -1,15 +1,15 @@
 """Receiving a file upload (multipart/form-data) straight to disk, chunk by chunk.
 
 The request body is parsed as it arrives (python-multipart's streaming parser): the
-`file` part goes to a file in the upload folder, small text fields stay in memory, and
-the API process never holds the file. The size limit is checked as the bytes arrive,
-so an oversized upload is refused (UploadTooLarge) without being read to its end. On
-any failure the partial file is removed.
+`file` part goes to a file (a services.growing.GrowingFile, which the conversion reads
+while it grows), small text fields stay in memory, and the API process never holds the
+file. The size limit is checked as the bytes arrive, so an oversized upload is refused
+(UploadTooLarge) without being read to its end. On any failure the file is marked failed
+(its readers stop) and removed.
 """
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from services.errors import InvalidDataset, UnsupportedFormat, UploadTooLarge
+from services.growing import GrowingFile
 
 MAX_FIELD_BYTES = 4096  # a text field (the dataset's name) is short
 # A malformed body is the client's to hear about (422), not a warning in our log per request.
@@ -35,8 +36,8 @@ class Part:
 class UploadReader:
     """Feeds a multipart body to the parser; writes the `file` part to `path`."""
 
-    def __init__(self, boundary: bytes, path: Path):
-        self.path, self.file, self.fields = path, None, {}
+    def __init__(self, boundary: bytes, growing: GrowingFile):
+        self.growing, self.file, self.fields = growing, None, {}
         self.filename: str | None = None
         self.part, self.header = Part(), [b"", b""]
         self.parser = MultipartParser(boundary, {
@@ -66,11 +67,13 @@ class UploadReader:
         if self.part.name == "file":
             if self.file is not None:
                 raise InvalidDataset("send one file per upload")
-            self.file, self.filename = open(self.path, "wb"), self.part.filename
+            # Unbuffered: each chunk is in the file, for its readers, once `grew` says so.
+            self.file, self.filename = open(self.growing.path, "wb", buffering=0), self.part.filename
 
     def part_data(self, data: bytes, start: int, end: int) -> None:
         if self.part.name == "file":
             self.file.write(data[start:end])
+            self.growing.grew(end - start)
         elif len(self.part.data) + end - start <= MAX_FIELD_BYTES:
             self.part.data += data[start:end]
         else:
@@ -92,16 +95,15 @@ class Upload:
     fields: dict[str, str]
 
 
-async def receive_upload(request: Request, folder: Path, max_bytes: int) -> Upload:
-    """The request's `file` part, on disk in `folder`, and its other form fields."""
+async def receive_upload(request: Request, growing: GrowingFile, max_bytes: int) -> Upload:
+    """The request's `file` part, written to `growing`, and its other form fields."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in options:
         raise UnsupportedFormat("send the file as multipart/form-data, in a field named 'file'")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise UploadTooLarge(f"the upload is over CROSSFOLD_MAX_UPLOAD_BYTES ({max_bytes:,} bytes)")
-    folder.mkdir(parents=True, exist_ok=True)
-    reader = UploadReader(options[b"boundary"], folder / f"{uuid.uuid4().hex}.upload")
+    reader = UploadReader(options[b"boundary"], growing)
     received = 0
     try:
         async for chunk in request.stream():
@@ -110,15 +112,14 @@ async def receive_upload(request: Request, folder: Path, max_bytes: int) -> Uplo
                 raise UploadTooLarge(f"the upload is over CROSSFOLD_MAX_UPLOAD_BYTES ({max_bytes:,} bytes)")
             reader.parser.write(chunk)
         reader.parser.finalize()
-    except MultipartParseError as error:
+        if reader.file is None:
+            raise InvalidDataset("the form has no field named 'file'")
+    except BaseException as error:
         reader.close()
-        reader.path.unlink(missing_ok=True)
-        raise InvalidDataset(f"the multipart body is malformed: {error}") from None
-    except BaseException:
-        reader.close()
-        reader.path.unlink(missing_ok=True)
-        raise
+        if isinstance(error, MultipartParseError):
+            error = InvalidDataset(f"the multipart body is malformed: {error}")
+        growing.fail(error)
+        raise error from None
     reader.close()
-    if reader.file is None:
-        raise InvalidDataset("the form has no field named 'file'")
-    return Upload(reader.path, reader.filename, reader.fields)
+    growing.finish()
+    return Upload(growing.path, reader.filename, reader.fields)

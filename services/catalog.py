@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 
 from services.dataset_store import DatasetStore
 from services.errors import BundledDataset, DatasetInUse, DatasetNameTaken, DatasetNotFound
-from services.ingest import ingest
+from services.growing import GrowingFile
+from services.ingest import Ingested, ingest
 from services.models import BUNDLED_OWNER, Dataset, Job
 from services.states import JobStatus
 
@@ -27,13 +28,16 @@ def readable_by(owner: str | None):
     return True if owner is None else or_(Dataset.owner == owner, Dataset.owner == BUNDLED_OWNER)
 
 
-def create_dataset(*, session: Session, store: DatasetStore, upload: Path, name: str,
-                   owner: str) -> Dataset:
-    """Store and describe an uploaded file as `name`; nothing is kept if it is refused."""
-    if session.scalar(select(Dataset.id).where(Dataset.owner == owner, Dataset.name == name)):
-        raise DatasetNameTaken(f"you have a dataset named {name!r} already")
+def store_upload(*, store: DatasetStore, upload: Path | GrowingFile) -> tuple[str, Ingested]:
+    """Check, convert and store an upload (as it arrives, given a GrowingFile): a new
+    dataset's id and what was stored; nothing is kept if it is refused."""
     dataset_id = str(uuid.uuid4())
-    stored = ingest(upload, store, dataset_id)
+    return dataset_id, ingest(upload, store, dataset_id)
+
+
+def add_dataset(*, session: Session, store: DatasetStore, dataset_id: str, stored: Ingested, name: str,
+                owner: str) -> Dataset:
+    """The stored upload as `owner`'s dataset `name`; its file is removed if it cannot be."""
     dataset = Dataset(id=dataset_id, name=name, owner=owner, format=stored.format,
                       uri=store.uri_of(dataset_id), digest=stored.digest, size=stored.size,
                       rows=stored.rows, columns=stored.columns, extra={})
@@ -43,7 +47,7 @@ def create_dataset(*, session: Session, store: DatasetStore, upload: Path, name:
     except BaseException as error:
         session.rollback()
         store.delete(dataset_id)  # the row is not there: neither is the file
-        if isinstance(error, IntegrityError):  # the same name, uploaded meanwhile
+        if isinstance(error, IntegrityError):  # the owner has a dataset of that name
             raise DatasetNameTaken(f"you have a dataset named {name!r} already") from None
         raise
     return dataset

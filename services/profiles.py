@@ -49,22 +49,26 @@ class NumberSummary:
     def add(self, array: pa.Array) -> None:
         if self.counts is not None:
             self.counts.add(array)
-        values = array.cast(pa.float64(), safe=False)
-        finite = pc.filter(values, pc.is_finite(values))
-        self.infinite += len(pc.drop_null(values)) - len(finite)
-        n = len(finite)
+        values = array if pa.types.is_float64(array.type) else array.cast(pa.float64(), safe=False)
+        low, high = (bound.as_py() for bound in pc.min_max(values).values())
+        if low is not None and not (math.isfinite(low) and math.isfinite(high)):
+            finite = pc.filter(values, pc.is_finite(values))  # only where there are infinities
+            self.infinite += len(pc.drop_null(values)) - len(finite)
+            values = finite
+            low, high = (bound.as_py() for bound in pc.min_max(values).values())
+        n = len(values) - values.null_count
         if n == 0:
             return
-        mean = pc.mean(finite).as_py()
-        m2 = pc.sum(pc.power(pc.subtract(finite, mean), 2)).as_py()
+        self.merge(n, pc.mean(values).as_py(), pc.variance(values, ddof=0).as_py() * n, low, high)
+
+    def merge(self, n: int, mean: float, m2: float, low: float, high: float) -> None:
         total = self.count + n
         delta = mean - self.mean
         self.mean += delta * n / total
         self.m2 += m2 + delta * delta * self.count * n / total
         self.count = total
-        low, high = pc.min_max(finite).values()
-        self.minimum = low.as_py() if self.minimum is None else min(self.minimum, low.as_py())
-        self.maximum = high.as_py() if self.maximum is None else max(self.maximum, high.as_py())
+        self.minimum = low if self.minimum is None else min(self.minimum, low)
+        self.maximum = high if self.maximum is None else max(self.maximum, high)
 
     def summary(self) -> dict:
         values = self.counts.all_values() if self.counts is not None else None
@@ -148,13 +152,13 @@ def summary_for(kind: str, data_type: pa.DataType):
 
 
 class TableProfile:
-    """Every column's profile, fed one record batch at a time."""
+    """Every column's profile, fed a record batch (or a table of them) at a time."""
 
     def __init__(self, schema: pa.Schema):
         self.columns = [ColumnProfile(field) for field in schema]
         self.rows = 0
 
-    def add(self, batch: pa.RecordBatch) -> None:
+    def add(self, batch: pa.RecordBatch | pa.Table) -> None:
         self.rows += batch.num_rows
         for profile, array in zip(self.columns, batch.columns):
             profile.add(array)

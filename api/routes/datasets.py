@@ -2,7 +2,9 @@
 the caller (the bundled datasets are readable by everyone)."""
 from __future__ import annotations
 
+import asyncio
 import re
+import uuid
 from pathlib import PurePath
 from typing import Annotated
 
@@ -15,6 +17,7 @@ from api.schemas import DatasetOut, DatasetPage, dataset_out
 from api.uploads import receive_upload
 from services import catalog
 from services.errors import InvalidDataset
+from services.growing import GrowingFile
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses={
     503: {"description": "the database cannot be reached; try again after Retry-After seconds"}})
@@ -33,14 +36,30 @@ UPLOAD_FORM = {"requestBody": {"required": True, "content": {"multipart/form-dat
                         422: {"description": "the file cannot be a dataset (the reason, and the line)"}})
 async def upload_dataset(request: Request, session: SessionDep, settings: SettingsDep,
                          owner: OwnerDep) -> JSONResponse:
-    upload = await receive_upload(request, settings.uploads_dir(), settings.max_upload_bytes)
+    store, folder = request.app.state.store, settings.uploads_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    growing = GrowingFile(folder / f"{uuid.uuid4().hex}.upload")
+    growing.path.touch()
+    # Checked, converted and described while it arrives (CPU work: in a worker thread).
+    storing = asyncio.ensure_future(anyio.to_thread.run_sync(
+        lambda: catalog.store_upload(store=store, upload=growing)))
     try:
-        name = dataset_name(upload.fields.get("name"), upload.filename)
-        # Checking, converting and describing is CPU work: off the event loop.
-        dataset = await anyio.to_thread.run_sync(lambda: catalog.create_dataset(
-            session=session, store=request.app.state.store, upload=upload.path, name=name, owner=owner))
+        try:
+            upload = await receive_upload(request, growing, settings.max_upload_bytes)
+        except BaseException as error:
+            growing.fail(error)
+            await asyncio.gather(storing, return_exceptions=True)  # it stops, keeping nothing
+            raise
+        dataset_id, stored = await storing
+        try:
+            name = dataset_name(upload.fields.get("name"), upload.filename)
+        except InvalidDataset:
+            store.delete(dataset_id)
+            raise
+        dataset = await anyio.to_thread.run_sync(lambda: catalog.add_dataset(
+            session=session, store=store, dataset_id=dataset_id, stored=stored, name=name, owner=owner))
     finally:
-        upload.path.unlink(missing_ok=True)
+        growing.path.unlink(missing_ok=True)
     return JSONResponse(dataset_out(dataset).model_dump(mode="json"), status_code=status.HTTP_201_CREATED,
                         headers={"Location": f"/datasets/{dataset.id}"})
 
