@@ -101,3 +101,14 @@ def test_a_dataset_used_by_a_queued_job_cannot_be_deleted(client, pets):
     assert refused.status_code == 409 and job["id"] in refused.json()["detail"]
     client.post(f"/jobs/{job['id']}/cancel")
     assert client.delete(f"/datasets/{pets}").status_code == 204
+
+
+def test_the_example_csv_and_its_job_are_accepted_as_they_are(client):
+    from pathlib import Path
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    uploaded = client.post("/datasets", files={"file": ("pets.csv", (examples / "pets.csv").read_bytes())})
+    assert uploaded.status_code == 201 and uploaded.json()["rows"] == 300
+    job = client.post("/jobs", content=(examples / "pets-adam.json").read_bytes(),
+                      headers={"content-type": "application/json"})
+    assert job.status_code == 201, job.text
+    assert job.json()["classes"] == ["cat", "dog", "rabbit"]
