@@ -12,10 +12,9 @@ from fastapi.testclient import TestClient
 from api.batching import Interrupted, StoreFailed, SubmissionBatcher, batcher_for
 from api.main import create_app
 from services.database import make_engine, session_factory, upgrade_schema
-from services.models import Job
-from services.spec import JobSpec
 from services.job_data import resolve
-from services.models import LOCAL_OWNER
+from services.models import LOCAL_OWNER, Job
+from services.spec import JobSpec
 from services.submissions import prepare
 from tests.helpers import small_job
 
@@ -101,7 +100,8 @@ def test_when_storing_fails_outright_each_request_gets_its_own_error_and_a_503(s
     app = create_app(settings, sessions)
     with TestClient(app) as client:
         app.state.sessions = broken_sessions  # the batcher of the client's loop is made now
-        answer = client.post("/jobs", json=small_job())
+        # Generated data: nothing to read before the batch, which is what fails here.
+        answer = client.post("/jobs", json=small_job(dataset={"name": "synthetic", "rows": 200}))
     assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
     assert stored_jobs(sessions) == 0
 
