@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None,
     app.state.batchers = weakref.WeakKeyDictionary()  # one SubmissionBatcher per event loop
     app.state.database = Reachability(log, "API")
     app.state.store = DatasetStore(settings.resolved_dataset_store())
+    app.state.bundled = {}  # name → the bundled dataset, filled at start-up (lifespan)
     app.include_router(jobs.router)
     app.include_router(datasets.router)
     app.include_router(health.router)
@@ -104,7 +105,7 @@ def lifespan(threads: int):
     async def run(app: FastAPI):
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads
         with app.state.sessions() as session:
-            register_bundled(session=session, store=app.state.store)
+            app.state.bundled = register_bundled(session=session, store=app.state.store)
         freeze_start_up_objects()
         yield
         await batcher_for(app).close()  # answer what is queued before stopping

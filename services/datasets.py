@@ -70,12 +70,16 @@ def bundled_id(name: str) -> str:
     return f"bundled-{name}"
 
 
-def register_bundled(*, session: Session, store: DatasetStore) -> None:
+def register_bundled(*, session: Session, store: DatasetStore) -> dict[str, StoredDataset]:
     """Store each bundled dataset as an ordinary dataset of BUNDLED_OWNER, once: several
-    processes starting together may each try; the database keeps one."""
+    processes starting together may each try; the database keeps one. Returns them by
+    name, detached from the session (they never change: a process may keep them)."""
     for name in BUNDLED:
         if session.get(StoredDataset, bundled_id(name)) is None:
             register_one(session, store, name)
+    found = {name: session.get(StoredDataset, bundled_id(name)) for name in BUNDLED}
+    session.expunge_all()
+    return found
 
 
 @lru_cache(maxsize=None)

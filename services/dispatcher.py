@@ -23,7 +23,7 @@ from services.job_data import JobData, resolve
 from services.job_inputs import source_of, split_plans
 from services.lifecycle import (adopt_orphaned_job, claim_next_job, hold_leases, move_fold, move_job,
                                 renew_leases)
-from services.models import Fold, Job
+from services.models import Dataset, Fold, Job
 from services.reports import summed
 from services.results import fold_table, summarize
 from services.spec import JobSpec, flatten
@@ -140,17 +140,18 @@ class Dispatcher:
         params = {**flatten(spec), **dataset_params(data)}
         experiment, parent, children = self.tracker.start_job(
             job_id=job.id, name=job.name, params=params, n_folds=spec.cv.folds)
-        self.log_dataset([parent, *children], data)
+        self.log_dataset([parent, *children], data, session)
         job.mlflow_experiment_id, job.mlflow_run_id = experiment, parent
         for fold, run_id in zip(job.folds, children):
             fold.mlflow_run_id = run_id
         session.commit()
 
-    def log_dataset(self, run_ids: list[str], data: JobData) -> None:
+    def log_dataset(self, run_ids: list[str], data: JobData, session: Session) -> None:
         source = source_of(data, self.store)  # a generated dataset is made here, once
         digest = data.digest or source.uri.rsplit("/", 1)[-1].removesuffix(".parquet")
+        schema = data.schema(session.get(Dataset, data.dataset_id) if data.dataset_id else None)
         self.tracker.log_dataset(run_ids, name=data.name, digest=digest, uri=source.uri,
-                                 columns=data.schema, rows=data.rows)
+                                 columns=schema, rows=data.rows)
 
     @staticmethod
     def reset_interrupted_folds(session: Session, job: Job) -> None:
@@ -262,7 +263,7 @@ class Dispatcher:
             self.tracker.finish_fold(fold.mlflow_run_id, status="succeeded",
                                      test_metrics=fold.test_metrics, best=best_of(fold),
                                      checkpoint=result.checkpoint,
-                                     model=model_of(session.get(Job, job_id), result))
+                                     model=model_of(session, session.get(Job, job_id), result))
         else:
             fold.error = result.error
             move_fold(fold, FoldStatus.FAILED)
@@ -361,11 +362,12 @@ def dataset_params(data: JobData) -> dict[str, str]:
     return {key: str(value)[:6000] for key, value in facts.items() if value is not None}
 
 
-def model_of(job: Job, result: FoldResult) -> dict | None:
+def model_of(session: Session, job: Job, result: FoldResult) -> dict | None:
     """What a fold's exported model needs beside its weights (Tracker.log_model)."""
     if result.preprocessing is None:
         return None
     spec, data = JobSpec.model_validate(job.spec), JobData.of(job.data)
+    dataset = session.get(Dataset, data.dataset_id) if data.dataset_id else None
     return {"model": spec.model.model_dump(), "input_shape": list(data.input_shape),
             "outputs": len(data.classes) or 1, "task": data.task, "preprocessing": result.preprocessing,
-            "schema": data.schema[:-1]}  # the raw feature columns: the label is the last
+            "schema": data.schema(dataset)[:-1]}  # the raw feature columns: the label is the last

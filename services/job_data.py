@@ -44,7 +44,6 @@ class JobData:
     digest: str | None = None
     uri: str | None = None
     generated: dict | None = None          # a generated dataset's spec: made by the dispatcher
-    schema: list[dict] = field(default_factory=list)  # the columns used: name and type
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -57,15 +56,26 @@ class JobData:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.image_shape) or (self.input_width,)
 
+    def schema(self, dataset: Dataset | None) -> list[dict]:
+        """The columns used, by name and (stored) type, the label last: from the stored
+        dataset's description, or a generated dataset's own types."""
+        types = {c["name"]: c["type"] for c in dataset.columns} if dataset is not None else {}
+        generated = {self.label: "int64" if self.classes else "float"}
+        return [{"name": name, "type": types.get(name) or generated.get(name, "float")}
+                for name in [*self.features, self.label]]
 
-def resolve(job: JobSpec, *, session: Session | None, owner: str | None) -> JobData:
+
+def resolve(job: JobSpec, *, session: Session | None, owner: str | None,
+            bundled: dict[str, Dataset] | None = None) -> JobData:
     """The job's data, checked against the job (InvalidJob), or DatasetNotFound for a
-    dataset the owner cannot see. A generated dataset needs no session."""
+    dataset the owner cannot see. A generated dataset needs no session, nor a bundled one
+    named as such when `bundled` (name → dataset, which never change) has it."""
     spec = job.dataset
     if spec.name in GENERATED and not spec.stored:
         data, columns = generated_data(spec), None
     else:
-        dataset = dataset_of(spec, session, owner)
+        known = None if spec.stored else (bundled or {}).get(spec.name)
+        dataset = known or dataset_of(spec, session, owner)
         if not spec.stored:  # a bundled dataset by name: its label and task are known
             spec = DatasetSpec(id=dataset.id, label=dataset.extra["label"], task=dataset.extra["task"])
         data, columns = stored_data(spec, dataset), {c["name"]: c for c in dataset.columns}
@@ -98,11 +108,8 @@ GENERATED = {"synthetic": "classification", "synthetic_regression": "regression"
 def generated_data(spec: DatasetSpec) -> JobData:
     task = GENERATED[spec.name]
     classes = list(range(spec.classes)) if task == "classification" else []
-    features = [f"f{i}" for i in range(spec.features)]
-    schema = [*({"name": name, "type": "float"} for name in features),
-              {"name": "label", "type": "int64" if classes else "float"}]
-    return JobData(name=spec.name, rows=spec.rows, label="label", features=features, task=task,
-                   classes=classes, input_width=spec.features, generated=spec.model_dump(), schema=schema)
+    return JobData(name=spec.name, rows=spec.rows, label="label", features=[f"f{i}" for i in range(spec.features)],
+                   task=task, classes=classes, input_width=spec.features, generated=spec.model_dump())
 
 
 def stored_data(spec: DatasetSpec, dataset: Dataset) -> JobData:
@@ -118,8 +125,7 @@ def stored_data(spec: DatasetSpec, dataset: Dataset) -> JobData:
     return JobData(name=dataset.name, rows=dataset.rows, label=spec.label, features=features, task=task,
                    classes=classes, input_width=width, image_shape=dataset.extra.get("image_shape", []),
                    strata=spec.strata, group=spec.group, missing=spec.missing, dataset_id=dataset.id,
-                   digest=dataset.digest, uri=dataset.uri,
-                   schema=[{"name": name, "type": columns[name]["type"]} for name in [*features, spec.label]])
+                   digest=dataset.digest, uri=dataset.uri)
 
 
 def check_names(spec: DatasetSpec, columns: dict) -> None:

@@ -46,11 +46,13 @@ async def submit_job(spec: JobSpec, request: Request, settings: SettingsDep, own
 
 
 async def resolve_data(request: Request, spec: JobSpec, owner: str) -> JobData:
-    """The job's data, checked (services.job_data). A generated dataset needs nothing
-    more; a stored one is read in a worker thread, on a session of its own that gives its
+    """The job's data, checked (services.job_data). Generated data and a bundled dataset
+    named as such need nothing more (the app holds the bundled datasets' descriptions); a
+    stored one is read in a worker thread, on a session of its own that gives its
     connection back at once (not held while the submission waits for its batch)."""
-    if not spec.dataset.stored and spec.dataset.name in GENERATED:
-        return resolve(spec, session=None, owner=owner)
+    bundled = request.app.state.bundled
+    if not spec.dataset.stored and spec.dataset.name in (*GENERATED, *bundled):
+        return resolve(spec, session=None, owner=owner, bundled=bundled)
 
     def read() -> JobData:
         with request.app.state.sessions() as session:
