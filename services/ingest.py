@@ -131,13 +131,19 @@ def check_text(upload: GrowingFile) -> None:
 
 
 def header_of(upload: GrowingFile) -> list[str]:
+    """The column names as pyarrow reads them: from the first line that is not empty,
+    a line ending at \r, \n or \r\n."""
     with upload.open() as file:
-        first = file.readline(1 << 20)
+        start = file.read(1 << 20)
     try:
-        line = first.decode("utf-8")
+        text = codecs.getincrementaldecoder("utf-8")().decode(start)  # a cut character waits
     except UnicodeDecodeError:
         check_text(upload)  # says where, and raises
-    names = next(csv.reader([line]), [])
+    header = next((line for line in re.split(r"\r\n|\r|\n", text) if line), "")
+    try:
+        names = next(csv.reader([header]), [])
+    except csv.Error as error:
+        raise InvalidDataset(f"the header is not CSV: {error}") from None
     blank = [i + 1 for i, name in enumerate(names) if not name.strip()]
     if blank:
         raise InvalidDataset(f"column {blank[0]} of the header has no name")

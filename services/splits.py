@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from services.spec import CVSpec
-from workers.plans import FoldPlan
+from workers.plans import FoldPlan, plans_from_groups
 
 STRATA_FOR_REGRESSION = 5  # a regression target is stratified by its quintile
 STRATA_FOR_NUMBERS = 4     # a numeric strata column, by its quartile
@@ -130,6 +130,3 @@ def group_folds(strata: np.ndarray, groups: np.ndarray, k: int, *, seed: int,
     rows = np.zeros(len(strata))
     return [np.sort(test) for _, test in splitter.split(rows, strata, group_ids)]
 
-
-def plans_from_groups(groups: list[np.ndarray], indices: Iterable[int]) -> list[FoldPlan]:
-    return [FoldPlan(i, *fold_rows(groups, i)) for i in indices]

@@ -82,12 +82,15 @@ class Tracker:
                     model: dict | None = None, error: str | None = None) -> None:
         """`best`: best_epoch and that epoch's best_val_loss / best_val_accuracy, named apart
         from the per-epoch val_loss / val_accuracy (the latest epoch's). `model`: what the
-        exported model needs beside the checkpoint (see log_model)."""
+        exported model needs beside the checkpoint (see log_model); its preprocessing says
+        how many missing values the fold imputed, logged as `imputed_values`."""
         if checkpoint is not None:
             self._log_bytes(run_id, checkpoint, "checkpoint", "best.pt")
             if model is not None:
                 self.log_model(run_id, checkpoint, model)
         metrics = {**{f"test_{k}": v for k, v in (test_metrics or {}).items()}, **(best or {})}
+        if model is not None:
+            metrics["imputed_values"] = model["preprocessing"].get("imputed", 0)
         self.log_values(run_id, metrics)
         if error:
             self.client.log_batch(run_id, tags=[RunTag("crossfold.error", error[:5000])])

@@ -156,6 +156,7 @@ def test_an_uploaded_csv_trains_and_its_exported_model_predicts_raw_rows(stack, 
     assert job["status"] == "succeeded", job["error"]
     assert job["classes"] == ["bird", "cat", "dog"] and job["summary"]["test_accuracy_mean"] > 0.8
     fold_run = job["folds"][0]["mlflow_run_id"]
+    assert tracker.client.get_run(fold_run).data.metrics["imputed_values"] == 1  # row 7's age
     assert {a.path for a in tracker.client.list_artifacts(fold_run, "model")} >= {"model/MLmodel"}
     mlflow.set_tracking_uri(tracker.client.tracking_uri)
     model = mlflow.pyfunc.load_model(f"runs:/{fold_run}/model")

@@ -4,6 +4,7 @@ about Ray's processes, starting its own)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -78,6 +79,9 @@ def test_mlflow_links_open_the_model_training_view_in_a_real_browser(served, tmp
         assert ">Evaluations<" not in dom and ">Judges<" not in dom, name  # the GenAI view's
     assert "<strong>4</strong> matching runs" in doms["experiment"]  # the runs table: the job and its folds
     assert ">0 · fold of iris-test<" in doms["fold"]  # the index first
+    shown = re.search(r">iris \(([0-9a-f]+)\)<", doms["fold"])  # the data the fold trained on
+    iris = [d for d in httpx.get(f"{api}/datasets").json()["items"] if d["name"] == "iris"]
+    assert shown and iris[0]["digest"].startswith(shown.group(1))
 
 
 def experiments_in(ui: str) -> set[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 
@@ -15,13 +16,44 @@ class DataInfo:
     classes: tuple = ()            # the label's values, sorted: class i is classes[i]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FoldPlan:
-    """Which rows fold `index` trains, validates and tests on."""
+    """Which rows fold `index` trains, validates and tests on, sent as the test fold of
+    every row (one byte a row, shared by all the plans of a task) rather than as index
+    arrays: fold i tests on its own rows, validates on fold i+1's, trains on the rest."""
     index: int
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
+    fold_of_row: np.ndarray     # int8 (int16 past 127 folds), one entry per row
+    folds: int
+
+    @property
+    def test(self) -> np.ndarray:
+        return np.flatnonzero(self.fold_of_row == self.index)
+
+    @property
+    def val(self) -> np.ndarray:
+        return np.flatnonzero(self.fold_of_row == (self.index + 1) % self.folds)
+
+    @property
+    def train(self) -> np.ndarray:
+        other = (self.fold_of_row != self.index) & (self.fold_of_row != (self.index + 1) % self.folds)
+        return np.flatnonzero(other)
+
+
+def plans_from_groups(groups: list[np.ndarray], indices: Iterable[int]) -> list[FoldPlan]:
+    """The plans of folds `indices` when `groups[i]` holds the rows fold i tests on."""
+    fold_of_row = fold_map(groups)
+    return [FoldPlan(index, fold_of_row, len(groups)) for index in indices]
+
+
+def fold_map(groups: list[np.ndarray]) -> np.ndarray:
+    """The test fold of every row, from the rows each fold tests on (every row in one)."""
+    rows = sum(len(group) for group in groups)
+    fold_of_row = np.full(rows, -1, dtype=np.int8 if len(groups) <= 127 else np.int16)
+    for index, group in enumerate(groups):
+        fold_of_row[group] = index
+    if (fold_of_row < 0).any():
+        raise ValueError("every row must belong to exactly one fold")
+    return fold_of_row
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ async def upload_dataset(request: Request, session: SessionDep, settings: Settin
 
 
 def dataset_name(given: str | None, filename: str | None) -> str:
-    name = given if given else PurePath(filename or "").stem
+    name = given if given is not None else PurePath(filename or "").stem  # "" is a bad name, not none
     if not re.fullmatch(catalog.NAME_PATTERN, name or ""):
         raise InvalidDataset(f"name {name!r}: 1 to 100 letters, digits, '_', '.' or '-', "
                              "starting with a letter or a digit")

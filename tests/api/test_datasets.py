@@ -24,7 +24,7 @@ CSV = (b"age,city,score,member,label\n"
 
 
 def upload(client, data: bytes, filename="pets.csv", name=None, headers=None):
-    form = {"name": name} if name else {}
+    form = {"name": name} if name is not None else {}
     return client.post("/datasets", files={"file": (filename, data)}, data=form, headers=headers or {})
 
 
@@ -105,6 +105,7 @@ BAD_FILES = [
     (b"PAR1 this is not really parquet", "broken.parquet", 422, "not a readable Parquet file"),
     (b"PK\x03\x04 a zip archive", "book.xlsx", 415, "zip archive"),
     (b"\x00\x01\x02binary", "blob.csv", 415, "binary data"),
+    (b"\r0\r\n", "blank-line-first.csv", 422, "header but no rows"),
 ]
 
 
@@ -120,10 +121,17 @@ def test_a_bad_file_is_refused_and_nothing_is_stored(client, sessions, data, fil
         assert session.scalar(select(func.count()).select_from(Dataset).where(Dataset.owner != "bundled")) == 0
 
 
+def test_a_csv_with_old_mac_line_ends_is_read_as_pyarrow_reads_it(client):
+    response = upload(client, b"a,b\r1,x\r2,y\r")
+    assert response.status_code == 201, response.text
+    assert response.json()["rows"] == 2 and [c["name"] for c in response.json()["columns"]] == ["a", "b"]
+
+
 def test_a_form_without_a_file_or_with_a_bad_name_is_422(client):
     assert client.post("/datasets", data={"name": "x"}, files={"other": ("a.csv", CSV)}).status_code == 422
     bad_name = upload(client, CSV, name="../etc")
     assert bad_name.status_code == 422 and "name" in bad_name.json()["detail"]
+    assert upload(client, CSV, name="").status_code == 422  # given but empty: not "use the file's"
     assert client.post("/datasets", json={"file": "a,b"}).status_code == 415
 
 

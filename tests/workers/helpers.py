@@ -15,7 +15,7 @@ from workers.config import (AdamConfig, MLPConfig, MomentumConfig, OptimizerConf
 from workers.fold import run_fold
 from workers.packed.fold import run_packed_folds
 from workers.table import Table
-from workers.plans import DataInfo, FoldPlan
+from workers.plans import DataInfo, plans_from_groups
 
 CPU = torch.device("cpu")
 OPTIMIZER_TYPES = {"sgd": SGDConfig, "momentum": MomentumConfig, "rmsprop": RMSpropConfig,
@@ -82,8 +82,12 @@ def blobs(n=103, seed=0):
 def plans(n, k=3):
     """Rotating folds of unequal sizes (103 rows in 3 groups: 35, 34, 34)."""
     groups = np.array_split(np.random.default_rng(1).permutation(n), k)
-    return [FoldPlan(i, np.sort(np.concatenate([g for j, g in enumerate(groups) if j not in (i, (i + 1) % k)])),
-                     groups[(i + 1) % k], groups[i]) for i in range(k)]
+    return plans_from_groups(groups, range(k))
+
+
+def split_plan(train, val, test):
+    """Fold 0 of three groups: it tests on `test`, validates on `val`, trains on `train`."""
+    return plans_from_groups([np.asarray(test), np.asarray(val), np.asarray(train)], [0])[0]
 
 
 def job_for(optimizer_config, batch_size=8, batch_norm=True):
