@@ -68,6 +68,10 @@ class Job(Base):
     summary: Mapped[dict | None] = mapped_column(JSON)  # test_<metric>_mean / _std
     mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    # A start that failed for a passing reason (MLflow unreachable) puts the job back in the
+    # queue; it is not claimed again before `not_before`, later each time.
+    start_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -83,8 +87,24 @@ class ApiKey(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     owner: Mapped[str] = mapped_column(String(100), index=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str | None] = mapped_column(String(16))  # the key's first characters, to tell keys apart
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # to the minute
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class OwnerLimits(Base):
+    """One owner's own limits, set by the administrator; a missing value (or row) means
+    the setting's default (services.quotas)."""
+    __tablename__ = "owner_limits"
+
+    owner: Mapped[str] = mapped_column(String(100), primary_key=True)
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_running_folds: Mapped[int | None] = mapped_column(Integer)
+    submissions_per_minute: Mapped[int | None] = mapped_column(Integer)
+    max_dataset_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    max_job_runtime_s: Mapped[int | None] = mapped_column(Integer)
 
 
 class Fold(Base):

@@ -79,7 +79,7 @@ def test_the_migration_keeps_only_what_a_stored_dataset_spec_takes(database_url)
     recomputed, so that a replay of the same request still finds its job."""
     import uuid
 
-    from sqlalchemy import insert
+    from sqlalchemy import JSON, column, insert, table
 
     from services.database import make_engine, upgrade_schema
     from services.models import Job
@@ -92,9 +92,13 @@ def test_the_migration_keeps_only_what_a_stored_dataset_spec_takes(database_url)
               "synthetic_regression": {"name": "synthetic_regression", **old_sizes},
               "synthetic": {"name": "synthetic", **old_sizes}}
     normalized = JobSpec.model_validate(small_job()).model_dump(mode="json")  # as specs are stored
+    # The table as 0002 had it: the model's columns of later revisions are not there yet.
+    columns = ["id", "name", "status", "cancel_requested", "request_hash", "idempotency_key", "owner",
+               "created_at"]
+    old_jobs = table("jobs", column("spec", JSON), *map(column, columns))
     with engine.begin() as connection:
         for name, dataset in stored.items():
-            connection.execute(insert(Job.__table__).values(
+            connection.execute(insert(old_jobs).values(
                 id=str(uuid.uuid4()), name=name, spec={**normalized, "dataset": dataset},
                 status="queued", cancel_requested=False, request_hash="old",
                 idempotency_key=name, owner="local", created_at=datetime.now(timezone.utc)))
