@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from api.batching import Interrupted, StoreFailed, batcher_for
 from api.limits import BodyLimit
@@ -61,6 +62,9 @@ def create_app(settings: Settings | None = None,
                        streamed=frozenset({("POST", "/datasets")}))
     add_error_handlers(app)
     if not settings.requires_auth():
+        # Loopback is not a login: a page the user visits can reach 127.0.0.1 through a
+        # DNS name it controls (rebinding). Such a request names that name in its Host.
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.trusted_hosts())
         log.warning("authentication is OFF: every caller is owner %r (the API listens on %s only)",
                     LOCAL_OWNER, settings.api_host)
 

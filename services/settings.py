@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     # Authentication: None (default) means on whenever the API binds to a non-loopback
     # address; true or false forces it.
     auth_required: bool | None = None
+    # With authentication off, the API answers only requests whose Host header names this
+    # machine's loopback (or api_host): a web page cannot reach it by DNS rebinding. Other
+    # names it may be called by, comma-separated (a reverse proxy needs authentication on).
+    allowed_hosts: str = ""
     max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")
     poll_interval_s: float = Field(0.5, gt=0, le=10)
     # A dispatcher renews its jobs' leases every poll; a job whose lease lapses (its
@@ -54,6 +58,11 @@ class Settings(BaseSettings):
         if self.auth_required is not None:
             return self.auth_required
         return not is_loopback(self.api_host)
+
+    def trusted_hosts(self) -> list[str]:
+        extra = [name.strip() for name in self.allowed_hosts.split(",") if name.strip()]
+        own = f"[{self.api_host}]" if ":" in self.api_host else self.api_host  # an IPv6 literal
+        return ["127.0.0.1", "[::1]", "localhost", own, *extra]
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'crossfold.db'}"

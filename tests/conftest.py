@@ -49,7 +49,8 @@ def sessions(engine, store):
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     return Settings(data_dir=tmp_path / "data", database_url=database_url,
-                    mlflow_ui_url="http://127.0.0.1:5000", poll_interval_s=0.2)
+                    mlflow_ui_url="http://127.0.0.1:5000", poll_interval_s=0.2,
+                    allowed_hosts="testserver")  # the name FastAPI's TestClient calls the API by
 
 
 @pytest.fixture

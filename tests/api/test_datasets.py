@@ -155,7 +155,7 @@ def test_an_upload_over_the_limit_is_refused_while_it_streams(settings, sessions
 def upload_slowly(host: str, port: int, total: int) -> tuple[int, bytes]:
     """Send a chunked multipart upload 256 KiB at a time, reading any answer in between."""
     import socket
-    head = (b"POST /datasets HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    head = (b"POST /datasets HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
             b"Content-Type: multipart/form-data; boundary=edge\r\n\r\n")
     part = b'--edge\r\nContent-Disposition: form-data; name="file"; filename="big.csv"\r\n\r\n'
     chunk = b"1,2,3,4\n" * 32768
