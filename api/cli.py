@@ -5,8 +5,17 @@
     crossfold submit FILE [--wait]  submit a job spec (JSON); --wait follows its folds
     crossfold status ID | list | cancel ID
     crossfold datasets upload FILE [--name NAME] | list | show ID | delete ID
-    crossfold keys create --owner NAME   a new API key, printed once (needs the database)
+    crossfold keys create --owner NAME [--expires-in DAYS | --expires YYYY-MM-DD]
+                                    a new API key, printed once (the keys commands
+                                    open the database: CROSSFOLD_DATABASE_URL)
+    crossfold keys list [--owner NAME] | revoke ID
+    crossfold keys limits --owner NAME [--max-queued-jobs N ...] [--reset]
+                                    an owner's own limits, over the service's defaults
     crossfold demo FILE             serve, submit FILE, follow it, print the fold table
+
+Client commands send the API key of --api-key, --api-key-file, CROSSFOLD_API_KEY or
+CROSSFOLD_API_KEY_FILE, the first one given. Prefer the environment or a file: a command
+line is visible to every user of the machine (ps).
 """
 from __future__ import annotations
 
@@ -18,6 +27,8 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from api.client import ApiError, JobsClient
@@ -31,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crossfold", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=DEFAULT_URL, help="the API's address (client commands)")
-    parser.add_argument("--api-key", default=os.environ.get("CROSSFOLD_API_KEY"),
-                        help="API key for client commands (or CROSSFOLD_API_KEY)")
+    parser.add_argument("--api-key", help="API key for client commands; visible to other users in "
+                        "the process list (ps): prefer CROSSFOLD_API_KEY or --api-key-file")
+    parser.add_argument("--api-key-file", type=Path, metavar="PATH",
+                        help="read the API key from the first line of PATH (or CROSSFOLD_API_KEY_FILE)")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the embedded service")
     serve.add_argument("--no-ui", action="store_true", help="do not start the MLflow UI")
@@ -50,10 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", help="cancel a job")
     cancel.add_argument("job_id")
     add_dataset_commands(commands)
-    keys = commands.add_parser("keys", help="manage API keys")
-    key_commands = keys.add_subparsers(dest="keys_command", required=True)
-    create = key_commands.add_parser("create", help="create a key for an owner; printed once")
-    create.add_argument("--owner", required=True)
+    add_key_commands(commands)
     demo = commands.add_parser("demo", help="serve, submit a job and follow it, then keep serving")
     demo.add_argument("file", type=Path)
     return parser
@@ -72,8 +82,52 @@ def add_dataset_commands(commands) -> None:
     delete.add_argument("dataset_id")
 
 
+# The limits `keys limits` sets (services.owner_limits.LIMITS), with their help; spelled
+# out here so that the CLI starts without importing the database layer.
+LIMIT_OPTIONS = {
+    "max_queued_jobs": "jobs queued at once",
+    "max_running_folds": "folds running at once, over all the owner's jobs",
+    "submissions_per_minute": "jobs submitted per minute",
+    "max_dataset_bytes": "the size of one uploaded dataset, in bytes",
+    "max_job_runtime_s": "a job's running time, in seconds",
+}
+
+
+def add_key_commands(commands) -> None:
+    keys = commands.add_parser("keys", help="manage API keys and owners' limits (opens the database)")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create a key for an owner; printed once")
+    create.add_argument("--owner", required=True)
+    expiry = create.add_mutually_exclusive_group()
+    expiry.add_argument("--expires-in", type=int, metavar="DAYS",
+                        help="the key stops working DAYS days from now")
+    expiry.add_argument("--expires", type=iso_date, metavar="YYYY-MM-DD",
+                        help="the key stops working on this day (at 00:00 UTC)")
+    listing = key_commands.add_parser("list", help="keys, their prefix and state (never the keys themselves)")
+    listing.add_argument("--owner")
+    revoke = key_commands.add_parser("revoke", help="revoke a key: its next request is refused")
+    revoke.add_argument("key_id", type=int, metavar="ID", help="the key's id (keys list)")
+    limits = key_commands.add_parser("limits", help="show or set an owner's own limits; without "
+                                     "values, shows them")
+    limits.add_argument("--owner", required=True)
+    for name, meaning in LIMIT_OPTIONS.items():
+        limits.add_argument("--" + name.replace("_", "-"), type=int, metavar="N",
+                            help=f"at most N: {meaning}")
+    limits.add_argument("--reset", action="store_true", help="back to the service's defaults for every limit")
+
+
+def iso_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, not {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.api_key:
+        print("warning: --api-key is visible to other users in the process list (ps); prefer "
+              "CROSSFOLD_API_KEY, CROSSFOLD_API_KEY_FILE or --api-key-file", file=sys.stderr)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:
         return COMMANDS[args.command](args)
@@ -121,7 +175,32 @@ def read_spec(path: Path) -> dict:
 
 
 def client_for(args) -> JobsClient:
-    return JobsClient(args.url, api_key=args.api_key)
+    return JobsClient(args.url, api_key=api_key_of(args))
+
+
+def api_key_of(args, environ=os.environ) -> str | None:
+    """The first given of --api-key, --api-key-file, CROSSFOLD_API_KEY, CROSSFOLD_API_KEY_FILE."""
+    if args.api_key:
+        return args.api_key
+    if args.api_key_file:
+        return read_key_file(args.api_key_file)
+    if environ.get("CROSSFOLD_API_KEY"):
+        return environ["CROSSFOLD_API_KEY"]
+    if environ.get("CROSSFOLD_API_KEY_FILE"):
+        return read_key_file(Path(environ["CROSSFOLD_API_KEY_FILE"]))
+    return None
+
+
+def read_key_file(path: Path) -> str:
+    """The key on the file's first line, without its newline or surrounding blanks."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            key = file.readline().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ApiError(f"cannot read the API key file {path}: {error}") from error
+    if not key:
+        raise ApiError(f"the API key file {path} has no key on its first line")
+    return key
 
 
 def submit_command(args) -> int:
@@ -186,22 +265,105 @@ def datasets_command(args) -> int:
     return 0
 
 
-def keys_command(args) -> int:
-    from services.auth import create_key
+@contextmanager
+def database_session():
+    """A session on the service's database (CROSSFOLD_DATABASE_URL), its schema upgraded:
+    the keys commands work on the database itself, the API offers no route for them."""
     from services.database import make_engine, session_factory, upgrade_schema
     from services.settings import get_settings
     engine = make_engine(get_settings().resolved_database_url())
-    upgrade_schema(engine)
-    with session_factory(engine)() as session:
+    try:
+        upgrade_schema(engine)
+        with session_factory(engine)() as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def keys_command(args) -> int:
+    with database_session() as session:
         try:
-            key = create_key(session=session, owner=args.owner)
-        except ValueError as error:
+            return KEY_COMMANDS[args.keys_command](session, args)
+        except ValueError as error:  # what the administrator asked for is not possible
             print(f"error: {error}", file=sys.stderr)
             return 2
+
+
+def create_key_command(session, args) -> int:
+    """Create the key, then print it: on stdout alone, so `KEY=$(crossfold keys create ...)`
+    captures the key and nothing else."""
+    from services.auth import issue_key
+    row, key = issue_key(session=session, owner=args.owner, expires_at=expiry_of(args))
     print(key)
-    print(f"API key for owner {args.owner!r}. It is shown only this once: store it now.",
+    until = f", valid until {row.expires_at:%Y-%m-%d %H:%M} UTC" if row.expires_at else ""
+    print(f"API key {row.id} for owner {args.owner!r}{until}. It is shown only this once: store it now.",
           file=sys.stderr)
     return 0
+
+
+def expiry_of(args) -> datetime | None:
+    if args.expires_in is not None:
+        if args.expires_in <= 0:
+            raise ValueError(f"--expires-in must be a positive number of days, not {args.expires_in}")
+        return datetime.now(timezone.utc) + timedelta(days=args.expires_in)
+    if args.expires is not None:
+        return datetime.combine(args.expires, datetime.min.time(), tzinfo=timezone.utc)
+    return None
+
+
+def list_keys_command(session, args) -> int:
+    from services.auth import list_keys, state_of
+    keys = list_keys(session=session, owner=args.owner)
+    rows = [[str(key.id), key.owner, f"cf_{key.prefix}…" if key.prefix else "(older key)",
+             minute(key.created_at), minute(key.last_used_at, "never"), minute(key.expires_at, "never"),
+             state_of(key)] for key in keys]
+    print(table(["ID", "OWNER", "PREFIX", "CREATED", "LAST USED", "EXPIRES", "STATE"], rows))
+    print(f"{len(keys)} key{'' if len(keys) == 1 else 's'}")
+    return 0
+
+
+def minute(moment: datetime | None, missing: str = "") -> str:
+    return f"{moment:%Y-%m-%d %H:%M}" if moment else missing
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in [header, *rows])
+
+
+def revoke_key_command(session, args) -> int:
+    from services.auth import revoke_key
+    key = revoke_key(session=session, key_id=args.key_id)
+    if key is None:
+        print(f"error: no API key has id {args.key_id} (crossfold keys list)", file=sys.stderr)
+        return 2
+    print(f"API key {key.id} of {key.owner!r} revoked: it is refused from its next request on")
+    return 0
+
+
+def limits_command(session, args) -> int:
+    from services.owner_limits import limits_of, reset_limits, set_limits
+    values = {name: getattr(args, name) for name in LIMIT_OPTIONS if getattr(args, name) is not None}
+    if args.reset:
+        if values:
+            raise ValueError("--reset takes no limit values: it puts every limit back to its default")
+        reset = reset_limits(session, args.owner)
+        print(f"limits of {args.owner!r}: " + ("back to the service's defaults" if reset
+                                             else "had no overrides, nothing to reset"))
+        return 0
+    if values:
+        set_limits(session, args.owner, **values)
+    overrides = limits_of(session, args.owner)
+    print(f"limits of {args.owner!r} (default: the service's setting)")
+    for name in LIMIT_OPTIONS:
+        value = getattr(overrides, name) if overrides else None
+        print(f"  {name.replace('_', '-'):<24} {'default' if value is None else value}")
+    return 0
+
+
+KEY_COMMANDS = {"create": create_key_command, "list": list_keys_command, "revoke": revoke_key_command,
+                "limits": limits_command}
 
 
 def demo_command(args) -> int:

@@ -56,7 +56,10 @@ async def get_owner(request: Request,
 
 def look_up_owner(sessions, key: str) -> str | None:
     # A session of its own, closed at once: holding a connection from here until the
-    # handler runs in another thread could deadlock the pool (see get_session).
+    # handler runs in another thread could deadlock the pool (see get_session). Looked up
+    # on every request, never cached, so that a revoked or expired key is refused at once.
+    # Here, in the worker thread, is also where the key's last use is written, about once
+    # a minute (services.auth.note_use): never on the event loop.
     with sessions() as session:
         return owner_of(session=session, key=key)
 
