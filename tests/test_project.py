@@ -117,3 +117,24 @@ def test_a_folds_ending_is_one_of_its_end_states():
     from services.states import FINISHED_FOLD
     from workers.results import Ending
     assert {ending.value for ending in Ending} == {status.value for status in FINISHED_FOLD}
+
+
+def test_every_torch_load_is_weights_only():
+    """A checkpoint is data, never code: torch.load without weights_only=True would run
+    whatever a crafted file names as it loads (workers.checkpointing, workers.exported)."""
+    loads = {"torch.load", "torch.serialization.load"}
+    found, unsafe = 0, []
+    for path in ROOT.rglob("*.py"):
+        if {".venv", ".git"} & set(path.relative_to(ROOT).parts):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.ImportFrom) and f"{node.module}.load" in loads \
+                    and any(alias.name == "load" for alias in node.names):
+                unsafe.append(f"{where} imports load by itself")
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in loads:
+                found += 1
+                if not any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                           for k in node.keywords):
+                    unsafe.append(f"{where} {ast.unparse(node)}")
+    assert found >= 2 and not unsafe, unsafe

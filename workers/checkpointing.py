@@ -4,10 +4,14 @@ A checkpoint holds everything the next epoch depends on: the model, the optimize
 state, early stopping's memory, the loss average, the shuffling generator, torch's
 global random state (dropout masks) and the epoch number. A packed task's progress
 (workers.packed.checkpointing) has the same two methods, snapshot and restore.
+
+Checkpoints hold tensors, numbers, strings and None in dicts, lists and tuples only, and
+load with torch.load(weights_only=True): loading one runs no code, whatever it holds.
 """
 from __future__ import annotations
 
 import io
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -72,14 +76,35 @@ def restore_random_state(saved: dict) -> None:
 
 def to_bytes(state: dict) -> bytes:
     buffer = io.BytesIO()
+    check_plain(state)
     torch.save(state, buffer)
     return buffer.getvalue()
 
 
 def from_bytes(data: bytes) -> dict:
-    # On the CPU: random generator states must stay CPU tensors; load_state_dict moves
-    # weights and optimizer state to the model's device itself.
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    # weights_only: a checkpoint is data, never code (a pickle may run anything it names
+    # as it loads). On the CPU: random generator states must stay CPU tensors;
+    # load_state_dict moves weights and optimizer state to the model's device itself.
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+SCALARS = (str, int, float, bool, type(None))  # exactly: an enum or a NumPy number pickles as its class
+
+
+def check_plain(value, where: str = "checkpoint") -> None:
+    """Refuse, as it is saved, what torch.load(weights_only=True) would refuse as a retry
+    resumes: anything but tensors, str, int, float, bool and None, in dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor) or type(value) in SCALARS:
+        return
+    if type(value) in (dict, OrderedDict):  # a state_dict is an OrderedDict
+        for key, item in value.items():
+            check_plain(key, f"{where} key")
+            check_plain(item, f"{where}[{key!r}]")
+    elif type(value) in (list, tuple):
+        for i, item in enumerate(value):
+            check_plain(item, f"{where}[{i}]")
+    else:
+        raise TypeError(f"{where} is a {type(value).__name__}, which a weights-only checkpoint cannot hold")
 
 
 def weights_bytes(state: dict[str, torch.Tensor]) -> bytes:
