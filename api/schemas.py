@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Callable
 
 from pydantic import BaseModel, Field
 
 from services.models import BUNDLED_OWNER, Dataset, Fold, Job
+from services.public_errors import public_message, public_worker
 from services.results import experiment_link, mlflow_link
 from services.states import FoldStatus, JobStatus
 
@@ -23,8 +25,11 @@ class FoldOut(BaseModel):
     best_val_loss: float | None = Field(description="the best epoch's")
     best_val_accuracy: float | None = Field(description="the best epoch's (classification)")
     test_metrics: dict[str, float] | None
-    error: str | None
-    worker: str | None
+    error: str | None = Field(description="why the fold failed; internal addresses show as <url> "
+                                          "and <address> (MLflow's crossfold.error tag has it whole)")
+    worker: str | None = Field(description="the attempt's worker process as an opaque label "
+                                           "(worker-<8 hex digits>): the same worker keeps its "
+                                           "label, a retry on another process gets another one")
     mlflow_run_id: str | None
     mlflow_url: str | None
 
@@ -37,7 +42,8 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    error: str | None
+    error: str | None = Field(description="why the job failed; internal addresses show as <url> "
+                                          "and <address>")
     spec: dict
     classes: list | None = Field(description="classification: the label's values, sorted; the model's "
                                              "class i is classes[i], in every per-class output")
@@ -57,12 +63,18 @@ class JobPage(BaseModel):
     offset: int
 
 
+def shown(value: str | None, public: Callable[[str], str]) -> str | None:
+    """What an owner sees of a stored error or worker (services.public_errors)."""
+    return None if value is None else public(value)
+
+
 def fold_out(fold: Fold, experiment_id: str | None, ui_url: str) -> FoldOut:
     return FoldOut(index=fold.index, status=fold.status, attempts=fold.attempts, epoch=fold.epoch,
                    train_loss=fold.train_loss, val_loss=fold.val_loss,
                    val_accuracy=fold.val_accuracy, best_epoch=fold.best_epoch,
                    best_val_loss=fold.best_val_loss, best_val_accuracy=fold.best_val_accuracy,
-                   test_metrics=fold.test_metrics, error=fold.error, worker=fold.worker,
+                   test_metrics=fold.test_metrics, error=shown(fold.error, public_message),
+                   worker=shown(fold.worker, public_worker),
                    mlflow_run_id=fold.mlflow_run_id,
                    mlflow_url=mlflow_link(ui_url, experiment_id, fold.mlflow_run_id))
 
@@ -70,7 +82,8 @@ def fold_out(fold: Fold, experiment_id: str | None, ui_url: str) -> FoldOut:
 def job_out(job: Job, ui_url: str) -> JobOut:
     return JobOut(id=job.id, name=job.name, status=job.status,
                   cancel_requested=job.cancel_requested, created_at=job.created_at,
-                  started_at=job.started_at, finished_at=job.finished_at, error=job.error,
+                  started_at=job.started_at, finished_at=job.finished_at,
+                  error=shown(job.error, public_message),
                   spec=job.spec, classes=(job.data or {}).get("classes") or None,
                   dataset_id=job.dataset_id, summary=job.summary,
                   folds=[fold_out(f, job.mlflow_experiment_id, ui_url) for f in job.folds],

@@ -22,24 +22,35 @@ SLOW_FOLDS = dict(dataset={"name": "synthetic", "rows": 4000, "features": 20}, m
                   early_stopping={"patience": 1000}, checkpoint_interval_s=0)
 
 
+def worker_of(database_url: str, job_id: str, index: int) -> str:
+    """A fold's worker as the database keeps it, host:pid (the API shows a label)."""
+    engine = make_engine(database_url)
+    try:
+        with session_factory(engine)() as session:
+            return next(f.worker for f in jobs.get_job(session=session, job_id=job_id).folds
+                        if f.index == index)
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize("packed", [False, True], ids=["task-per-fold", "packed"])
-def test_a_killed_worker_resumes_its_folds_from_the_last_checkpoint(stack, packed):
-    http, tracker = stack
-    spec = small_job(name="kill-worker", pack_folds=packed, **SLOW_FOLDS)
-    job_id = http.post("/jobs", json=spec).json()["id"]
-    victim = wait_for(lambda: next((f for f in http.get(f"/jobs/{job_id}").json()["folds"]
-                                    if f["epoch"] >= 5 and f["status"] == "running"), None), 90)
-    os.kill(int(victim["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
-    job = wait_until_finished(http, job_id)
-    assert job["status"] == "succeeded", job["error"]
-    # One task per fold: the victim's fold was hit; packed: every fold lived in that process.
-    hit = [f for f in job["folds"] if packed or f["index"] == victim["index"]]
-    for fold in hit:
-        assert fold["attempts"] == 2 and fold["epoch"] == 40 and fold["worker"] != victim["worker"]
-        run = tracker.client.get_run(fold["mlflow_run_id"])
-        assert int(run.data.tags["crossfold.attempt_2_resumed_after_epoch"]) >= 5  # not from scratch
-        history = tracker.client.get_metric_history(fold["mlflow_run_id"], "val_loss")
-        assert sorted(m.step for m in history) == list(range(1, 41))  # no epoch lost, none twice
+def test_a_killed_worker_resumes_its_folds_from_the_last_checkpoint(ray_session, database_url, tmp_path, packed):
+    with running_service(database_url, tmp_path) as (http, tracker, _):
+        spec = small_job(name="kill-worker", pack_folds=packed, **SLOW_FOLDS)
+        job_id = http.post("/jobs", json=spec).json()["id"]
+        victim = wait_for(lambda: next((f for f in http.get(f"/jobs/{job_id}").json()["folds"]
+                                        if f["epoch"] >= 5 and f["status"] == "running"), None), 90)
+        os.kill(int(worker_of(database_url, job_id, victim["index"]).rsplit(":", 1)[1]), signal.SIGKILL)
+        job = wait_until_finished(http, job_id)
+        assert job["status"] == "succeeded", job["error"]
+        # One task per fold: the victim's fold was hit; packed: every fold lived in that process.
+        hit = [f for f in job["folds"] if packed or f["index"] == victim["index"]]
+        for fold in hit:
+            assert fold["attempts"] == 2 and fold["epoch"] == 40 and fold["worker"] != victim["worker"]
+            run = tracker.client.get_run(fold["mlflow_run_id"])
+            assert int(run.data.tags["crossfold.attempt_2_resumed_after_epoch"]) >= 5  # not from scratch
+            history = tracker.client.get_metric_history(fold["mlflow_run_id"], "val_loss")
+            assert sorted(m.step for m in history) == list(range(1, 41))  # no epoch lost, none twice
 
 
 def test_a_diverging_fold_fails_the_job_with_its_reason_and_keeps_the_others(stack):
