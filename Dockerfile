@@ -7,4 +7,5 @@ COPY pyproject.toml README.md ./
 COPY api api
 COPY services services
 COPY workers workers
-RUN pip install --no-cache-dir .
+# mlflow[auth] (Flask-WTF): the MLflow server runs its basic-auth app (docker-compose.yml).
+RUN pip install --no-cache-dir . "mlflow[auth]"

@@ -1,2 +1,0 @@
--- MLflow keeps its own schema (and its own alembic_version table) in a database of its own.
-CREATE DATABASE mlflow;
