@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.models import Job
+from services.quotas import Limits
 from services.submissions import Outcome, Submission, store
 
 MAX_BATCH = 200  # jobs per transaction; a larger backlog is stored in several
@@ -36,8 +37,10 @@ class Interrupted(Exception):
 class SubmissionBatcher:
     """The queue and the writer of one event loop: its futures belong to that loop."""
 
-    def __init__(self, sessions: sessionmaker[Session], max_batch: int = MAX_BATCH):
-        self.sessions, self.max_batch = sessions, max_batch
+    def __init__(self, sessions: sessionmaker[Session], limits: Limits | None = None,
+                 max_batch: int = MAX_BATCH):
+        """`limits`: the owners' default quotas, checked as each batch is stored."""
+        self.sessions, self.limits, self.max_batch = sessions, limits, max_batch
         self.waiting: list[tuple[Submission, asyncio.Future]] = []
         self.in_flight: list[tuple[Submission, asyncio.Future]] = []  # the batch being stored
         self.writer: asyncio.Task | None = None
@@ -74,7 +77,7 @@ class SubmissionBatcher:
 
     def store(self, submissions: list[Submission]) -> list[Outcome]:
         with self.sessions() as session:
-            return store(session, submissions)
+            return store(session, submissions, self.limits)
 
     async def close(self) -> None:
         """Wait until everything queued has been stored and answered."""
@@ -106,5 +109,5 @@ def batcher_for(app: FastAPI) -> SubmissionBatcher:
     batchers: weakref.WeakKeyDictionary = app.state.batchers
     loop = asyncio.get_running_loop()
     if loop not in batchers:
-        batchers[loop] = SubmissionBatcher(app.state.sessions)
+        batchers[loop] = SubmissionBatcher(app.state.sessions, app.state.settings.default_limits())
     return batchers[loop]

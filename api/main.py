@@ -30,6 +30,7 @@ from services.errors import (BundledDataset, DatasetInUse, DatasetNameTaken, Dat
                              IdempotencyConflict, InvalidDataset, InvalidJob, JobAlreadyFinished,
                              JobNotFound, UnsupportedFormat, UploadTooLarge)
 from services.models import LOCAL_OWNER
+from services.quotas import QuotaExceeded
 from services.settings import Settings, get_settings
 
 log = logging.getLogger("crossfold.api")
@@ -167,6 +168,11 @@ def add_error_handlers(app: FastAPI) -> None:
         request.app.state.database.failed(error)
         return JSONResponse({"detail": "the database cannot be reached; try again shortly"},
                             status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(QuotaExceeded)
+    async def over_quota(_: Request, error: QuotaExceeded):
+        return JSONResponse({"detail": str(error)}, status_code=429,
+                            headers={"Retry-After": str(error.retry_after)})
 
     @app.exception_handler(Interrupted)
     async def interrupted(_: Request, error: Interrupted):

@@ -33,7 +33,9 @@ BODY = json.dumps(JOB).encode()
 
 def start_api(database_url: str, port: int, workers: int) -> subprocess.Popen:
     env = {**os.environ, "CROSSFOLD_DATABASE_URL": database_url, "CROSSFOLD_API_PORT": str(port),
-           "CROSSFOLD_API_WORKERS": str(workers)}
+           "CROSSFOLD_API_WORKERS": str(workers),
+           # One client stands for many owners here: the quotas are measured, not enforced.
+           "CROSSFOLD_MAX_QUEUED_JOBS": "10000000", "CROSSFOLD_SUBMISSIONS_PER_MINUTE": "10000000"}
     api = subprocess.Popen([sys.executable, "-m", "api.cli", "api"], cwd=ROOT, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60

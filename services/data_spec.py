@@ -110,6 +110,10 @@ class DatasetSpec(BaseModel):
         for field, default in GENERATED_DATASETS.get(self.name, {}).items():
             if getattr(self, field) is None:
                 setattr(self, field, default)
+        if self.classes is not None and not separable(self.features, self.classes):
+            raise ValueError(f"{self.features} features cannot separate {self.classes} classes: "
+                             f"generated data needs 2·classes ≤ 2^informative features "
+                             f"(informative = min(features, 2·classes)); give more features")
         if self.rows is not None and self.rows * self.features > MAX_SYNTHETIC_CELLS:
             raise ValueError(f"rows × features must be at most {MAX_SYNTHETIC_CELLS:,} "
                              f"(a {MAX_SYNTHETIC_CELLS * 4 // 2**20} MiB dataset)")
@@ -127,6 +131,17 @@ class DatasetSpec(BaseModel):
     @classmethod
     def __get_pydantic_json_schema__(cls, core_schema, handler):
         return dataset_schema(cls.__doc__ or "")
+
+
+def informative_features(features: int, classes: int) -> int:
+    """How many of a generated classification dataset's features carry its classes."""
+    return max(2, min(features, classes * 2))
+
+
+def separable(features: int, classes: int) -> bool:
+    """scikit-learn places each class's 2 clusters on the corners of a hypercube of the
+    informative features: it refuses more clusters than corners."""
+    return classes * 2 <= 2 ** informative_features(features, classes)
 
 
 def size_of(field: str, value, values: dict) -> int:

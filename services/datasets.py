@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from services.dataset_store import DatasetStore
 from services.ingest import ingest
 from services.models import BUNDLED_OWNER, Dataset as StoredDataset
+from services.data_spec import informative_features
 from services.spec import DatasetSpec
 from workers.plans import DataInfo
 
@@ -51,7 +52,7 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
         # (or one more) rows, as services.job_data's check of the folds counts on.
         x, y = sk.make_classification(
             n_samples=spec.rows, n_features=spec.features, n_classes=spec.classes,
-            n_informative=max(2, min(spec.features, spec.classes * 2)),
+            n_informative=informative_features(spec.features, spec.classes),
             n_redundant=0, flip_y=0.0, random_state=spec.seed)
     elif spec.name == "synthetic_regression":
         x, y = sk.make_regression(n_samples=spec.rows, n_features=spec.features,

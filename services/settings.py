@@ -5,11 +5,14 @@ Invalid values fail at start-up, not on the first job.
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import fields
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.quotas import Limits
 
 
 class Settings(BaseSettings):
@@ -39,6 +42,16 @@ class Settings(BaseSettings):
     # names it may be called by, comma-separated (a reverse proxy needs authentication on).
     allowed_hosts: str = ""
     max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")
+    # A job whose fold would need more memory than this (services.memory's estimate) is
+    # refused at submission: GPU nodes are shared, and an oversized fold fails them all.
+    max_fold_memory_bytes: int = Field(8 * 2**30, ge=2**20)
+    # Per-owner limits (services.quotas); the administrator may set an owner's own with
+    # `crossfold keys limits`.
+    max_queued_jobs: int = Field(100, ge=1)
+    max_running_folds: int = Field(20, ge=1)
+    submissions_per_minute: int = Field(120, ge=1)
+    max_dataset_bytes: int = Field(20 * 2**30, ge=1)
+    max_job_runtime_s: int = Field(86_400, ge=1, le=30 * 86_400)
     poll_interval_s: float = Field(0.5, gt=0, le=10)
     # A dispatcher renews its jobs' leases every poll; a job whose lease lapses (its
     # dispatcher died) is adopted by another dispatcher.
@@ -58,6 +71,9 @@ class Settings(BaseSettings):
         if self.auth_required is not None:
             return self.auth_required
         return not is_loopback(self.api_host)
+
+    def default_limits(self) -> Limits:
+        return Limits(**{f.name: getattr(self, f.name) for f in fields(Limits)})
 
     def trusted_hosts(self) -> list[str]:
         extra = [name.strip() for name in self.allowed_hosts.split(",") if name.strip()]

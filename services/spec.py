@@ -137,8 +137,18 @@ class CVSpec(StrictModel):
 
 class ResourcesSpec(StrictModel):
     config_type = ResourcesConfig
-    gpus_per_fold: float = Field(0, ge=0, le=8, description="fractions share a GPU")
+    gpus_per_fold: float = Field(0, ge=0, le=8, description="a fraction up to 1 shares a GPU; "
+                                                          "more than 1 must be a whole number")
     cpus_per_fold: float = Field(1, gt=0, le=64)
+
+    @field_validator("gpus_per_fold")
+    @classmethod
+    def _whole_above_one(cls, gpus: float) -> float:
+        # Ray refuses the task otherwise ("GPU resource quantities >1 must be whole numbers").
+        if gpus > 1 and not float(gpus).is_integer():
+            raise ValueError("more than 1 GPU must be a whole number (Ray shares a GPU only "
+                             "in fractions up to 1)")
+        return gpus
 
 
 class JobSpec(StrictModel):
@@ -155,6 +165,9 @@ class JobSpec(StrictModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     loss_ewma_beta: Beta = Field(0.9, description="β of the logged average of the training loss")
     pack_folds: bool = Field(False, description="train all folds in one task as one stacked model")
+    max_runtime_s: integer(ge=1, le=30 * 86400) | None = Field(
+        None, description="wall-clock seconds from its start after which the job's folds are "
+                          "cancelled and it fails; at most your limit, which is the default")
     checkpoint_interval_s: float = Field(
         10.0, ge=0, le=3600, description="seconds between epoch checkpoints (0: every epoch); a "
                                          "fold whose worker dies resumes from the last one")

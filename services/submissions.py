@@ -17,14 +17,16 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session, selectinload
 
-from services.errors import IdempotencyConflict
+from services.errors import IdempotencyConflict, InvalidJob
 from services.job_data import JobData
 from services.models import LOCAL_OWNER, Fold, Job
+from services.quotas import (Limits, QuotaExceeded, check_job_fits, check_submission, limits_of,
+                             submission_usage)
 from services.spec import JobSpec
 from services.states import FoldStatus, JobStatus
 
@@ -35,6 +37,7 @@ JOB_COLUMNS = ("id", "name", "owner", "spec", "data", "dataset_id", "status", "c
 @dataclass
 class Submission:
     job: Job  # queued, with its pending folds; every column set here, none by the database
+    spec: JobSpec
 
     @property
     def owner(self) -> str:
@@ -57,36 +60,65 @@ def prepare(spec: JobSpec, data: JobData, owner: str = LOCAL_OWNER,
               request_hash=request_hash(spec), created_at=datetime.now(timezone.utc))
     job.folds = [Fold(index=i, status=FoldStatus.PENDING, attempts=0, epoch=0)
                  for i in range(spec.cv.folds)]
-    return Submission(job)
+    return Submission(job, spec)
 
 
-def store(session: Session, submissions: list[Submission]) -> list[Outcome]:
-    """Store the submissions in one transaction; their outcomes, in order.
+def store(session: Session, submissions: list[Submission], limits: Limits | None = None) -> list[Outcome]:
+    """Store the submissions in one transaction; their outcomes, in order. With `limits`
+    (the defaults), each owner's quotas are checked first, in the same transaction.
 
     Everything, replays included, is settled before the commit, so nothing can fail
     after it. When the database refuses the batch, each submission is tried on its
     own, and one bad row fails only its own request. A lone submission's error is raised.
     """
     try:
-        stored = insert_jobs(session, [s.job for s in submissions])
+        refused = admit(session, submissions, limits) if limits else {}
+        admitted = [s for s in submissions if s.job.id not in refused]
+        stored = insert_jobs(session, [s.job for s in admitted]) if admitted else set()
         # In the same transaction: it sees its own rows and, once ON CONFLICT has waited
         # for another transaction's, those too.
-        outcomes = [(s.job, True) if s.job.id in stored else replayed(session, s) for s in submissions]
+        outcomes = [refused[s.job.id] if s.job.id in refused else
+                    (s.job, True) if s.job.id in stored else replayed(session, s) for s in submissions]
         session.commit()
     except StatementError:  # the database's refusals (DBAPIError) and bind errors alike
         session.rollback()
         if len(submissions) == 1:
             raise
-        return [store_alone(session, s) for s in submissions]
+        return [store_alone(session, s, limits) for s in submissions]
     return outcomes
 
 
-def store_alone(session: Session, submission: Submission) -> Outcome:
+def store_alone(session: Session, submission: Submission, limits: Limits | None) -> Outcome:
     try:
-        return store(session, [submission])[0]
+        return store(session, [submission], limits)[0]
     except Exception as error:  # this submission's own failure, its answer alone
         session.rollback()
         return error
+
+
+def admit(session: Session, submissions: list[Submission], defaults: Limits) -> dict[str, Exception]:
+    """Check each owner's limits for the new submissions (a replay of a stored key is
+    not new); job id → why it is refused. On PostgreSQL each owner's submissions are
+    checked under a lock of that owner, so that API processes storing batches at the
+    same time cannot together pass a limit."""
+    new: dict[str, list[Submission]] = {}
+    for submission in submissions:
+        if submission.key is None or find_by_key(session, submission.owner, submission.key) is None:
+            new.setdefault(submission.owner, []).append(submission)
+    refused: dict[str, Exception] = {}
+    for owner in sorted(new):  # locks taken in one order: no deadlock between processes
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"crossfold-quota:{owner}"))))
+        limits, usage = limits_of(session, owner, defaults), submission_usage(session, owner)
+        accepted = 0
+        for submission in new[owner]:
+            try:
+                check_job_fits(submission.spec, limits)
+                check_submission(usage, limits, accepted + 1)
+                accepted += 1
+            except (InvalidJob, QuotaExceeded) as error:
+                refused[submission.job.id] = error
+    return refused
 
 
 def insert_jobs(session: Session, jobs: list[Job]) -> set[str]:

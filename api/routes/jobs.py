@@ -19,6 +19,7 @@ from api.deps import OwnerDep, SessionDep, SettingsDep
 from api.schemas import JobOut, JobPage, job_out
 from services import jobs
 from services.job_data import GENERATED, JobData, resolve
+from services.memory import check_memory
 from services.spec import JobSpec
 from services.submissions import prepare
 from services.states import JobStatus
@@ -34,10 +35,13 @@ IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, desc
                         400: {"description": "the body is not JSON"},
                         404: {"description": "the job names a dataset you cannot see"},
                         409: {"description": "the Idempotency-Key was used with another body"},
-                        413: {"description": "the body is over CROSSFOLD_MAX_BODY_BYTES"}})
+                        413: {"description": "the body is over CROSSFOLD_MAX_BODY_BYTES"},
+                        429: {"description": "a limit of yours (queued jobs, submissions a minute) "
+                                             "was reached; try again after Retry-After seconds"}})
 async def submit_job(spec: JobSpec, request: Request, settings: SettingsDep, owner: OwnerDep,
                      idempotency_key: IdempotencyKey = None) -> JSONResponse:
     data = await resolve_data(request, spec, owner)
+    check_memory(spec, data, settings.max_fold_memory_bytes)
     # Stored together with whatever else is being submitted (api/batching.py).
     job, created = await batcher_for(request.app).submit(prepare(spec, data, owner, idempotency_key))
     request.app.state.database.succeeded()  # stored: say so if it had been unreachable
