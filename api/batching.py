@@ -16,6 +16,7 @@ import anyio
 from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.database import unreachable
 from services.models import Job
 from services.quotas import Limits
 from services.submissions import Outcome, Submission, store
@@ -24,8 +25,9 @@ MAX_BATCH = 200  # jobs per transaction; a larger backlog is stored in several
 
 
 class StoreFailed(Exception):
-    """The batch could not be stored (the database is unreachable, say); nothing of it
-    was committed, so the same request may be sent again."""
+    """The batch could not be stored (the database is unreachable, say), or this
+    submission could not once its batch was retried one by one because the database had
+    gone; nothing of it was committed, so the same request may be sent again."""
 
 
 class Interrupted(Exception):
@@ -62,7 +64,9 @@ class SubmissionBatcher:
             except Exception as error:
                 outcomes = [failed(error) for _ in self.in_flight]
             for (_, answer), outcome in zip(self.in_flight, outcomes, strict=True):
-                answer_with(answer, outcome)
+                # Tried on its own after its batch failed, and the database was gone: not
+                # stored, as a failed batch, and answered as one (503, "try again").
+                answer_with(answer, failed(outcome) if unreachable(outcome) else outcome)
             self.in_flight = []
 
     def after_writer(self, writer: asyncio.Task) -> None:

@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session, selectinload
 
+from services.database import unreachable
 from services.errors import IdempotencyConflict, InvalidJob
 from services.job_data import JobData
 from services.models import LOCAL_OWNER, Fold, Job
@@ -69,7 +70,11 @@ def store(session: Session, submissions: list[Submission], limits: Limits | None
 
     Everything, replays included, is settled before the commit, so nothing can fail
     after it. When the database refuses the batch, each submission is tried on its
-    own, and one bad row fails only its own request. A lone submission's error is raised.
+    own, and one bad row fails only its own request. A lone submission's error is raised,
+    and so is the batch's when the database cannot be reached (services.database
+    .unreachable): no row is to blame, and trying each would only wait for it again, a
+    connect timeout each behind a network cut. Should it go away midway through the
+    one-by-one tries, the submissions not yet stored all answer with that error.
     """
     try:
         refused = admit(session, submissions, limits) if limits else {}
@@ -80,18 +85,26 @@ def store(session: Session, submissions: list[Submission], limits: Limits | None
         outcomes = [refused[s.job.id] if s.job.id in refused else
                     (s.job, True) if s.job.id in stored else replayed(session, s) for s in submissions]
         session.commit()
-    except StatementError:  # the database's refusals (DBAPIError) and bind errors alike
+    except StatementError as error:  # the database's refusals (DBAPIError) and bind errors alike
         session.rollback()
-        if len(submissions) == 1:
+        if len(submissions) == 1 or unreachable(error):
             raise
-        return [store_alone(session, s, limits) for s in submissions]
+        outcomes, gone = [], None
+        for submission in submissions:
+            outcome = gone if gone is not None else store_alone(session, submission, limits)
+            if unreachable(outcome):
+                gone = outcome
+            outcomes.append(outcome)
     return outcomes
 
 
 def store_alone(session: Session, submission: Submission, limits: Limits | None) -> Outcome:
+    """The submission's outcome when stored on its own. Its error is its answer alone, be
+    it its own (a row the database refuses) or the database's (unreachable, which the
+    API answers with 503)."""
     try:
         return store(session, [submission], limits)[0]
-    except Exception as error:  # this submission's own failure, its answer alone
+    except Exception as error:
         session.rollback()
         return error
 

@@ -9,13 +9,18 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from mlflow.tracking import MlflowClient
+from sqlalchemy import event
 
+from api.main import create_app
 from services import jobs
 from services.database import make_engine, session_factory, upgrade_schema
-from tests.helpers import (PrivatePostgres, running_service, small_job, store_job, wait_for,
+from services.settings import Settings
+from tests.helpers import (PrivatePostgres, running_service, served, small_job, store_job, wait_for,
                            wait_until_finished)
 
 SLOW_FOLDS = dict(dataset={"name": "synthetic", "rows": 4000, "features": 20}, max_epochs=40,
@@ -126,6 +131,51 @@ def private_postgres():
     server = PrivatePostgres().create()
     yield server
     server.remove()
+
+
+def test_concurrent_submissions_to_a_stopped_database_all_answer_503_and_none_is_stored(
+        private_postgres, tmp_path, caplog):
+    """Bursts of submissions (20, then 5, from threads on a real uvicorn) while PostgreSQL
+    is down: they are stored in batches, and every request is answered 503 with
+    Retry-After and told nothing was stored, as a lone one is. A batch the database could
+    not take is not retried one submission at a time against a database that is gone
+    (behind a network cut, each try would wait out the connect timeout): one connection
+    attempt a batch at most. The API logs one line when it goes and one when it is back,
+    no traceback. Once it is back, a submission is stored, and none of the refused ones."""
+    caplog.set_level("WARNING")
+    engine = make_engine(private_postgres.url)
+    upgrade_schema(engine)
+    connects = []
+    event.listen(engine, "do_connect", lambda *_: connects.append(1))
+    app = create_app(Settings(data_dir=tmp_path, database_url=private_postgres.url), session_factory(engine))
+    spec = small_job(dataset={"name": "synthetic", "rows": 200})  # nothing to read before the batch
+
+    def submit_together(http, names):
+        with ThreadPoolExecutor(len(names)) as pool:
+            return list(pool.map(lambda name: http.post("/jobs", json={**spec, "name": name}), names))
+
+    with served(app) as base, httpx.Client(base_url=base, timeout=60) as http:
+        # A pool of live connections, in use a moment ago, for the crash to kill.
+        assert {a.status_code for a in submit_together(http, [f"before-{i}" for i in range(20)])} == {201}
+        private_postgres.crash()
+        for burst in (20, 5):
+            connects.clear()
+            answers = submit_together(http, [f"refused-{burst}-{i}" for i in range(burst)])
+            assert [a.status_code for a in answers] == [503] * burst, [a.text for a in answers]
+            for answer in answers:
+                assert int(answer.headers["retry-after"]) > 0
+                assert "nothing was stored" in answer.json()["detail"], answer.json()
+            assert len(connects) <= burst  # one a batch, not one a submission besides
+        private_postgres.start()
+        assert wait_for(lambda: http.get("/healthz").status_code == 200, 30)
+        assert http.post("/jobs", json={**spec, "name": "after"}).status_code == 201
+        names = [job["name"] for job in http.get("/jobs", params={"limit": 200}).json()["items"]]
+    engine.dispose()
+    assert sorted(names) == sorted([f"before-{i}" for i in range(20)] + ["after"])
+    said = [r.getMessage() for r in caplog.records if "the database is" in r.getMessage()]
+    assert len([m for m in said if m.startswith("API: the database is unreachable")]) == 1, said
+    assert len([m for m in said if m.startswith("API: the database is reachable again")]) == 1, said
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
 
 
 def test_a_database_outage_answers_503_logs_one_line_each_way_and_loses_nothing(
