@@ -88,7 +88,7 @@ LIMIT_OPTIONS = {
     "max_queued_jobs": "jobs queued at once",
     "max_running_folds": "folds running at once, over all the owner's jobs",
     "submissions_per_minute": "jobs submitted per minute",
-    "max_dataset_bytes": "the size of one uploaded dataset, in bytes",
+    "max_dataset_bytes": "bytes all of the owner's datasets may keep (stored Parquet)",
     "max_job_runtime_s": "a job's running time, in seconds",
 }
 
@@ -298,7 +298,17 @@ def create_key_command(session, args) -> int:
     until = f", valid until {row.expires_at:%Y-%m-%d %H:%M} UTC" if row.expires_at else ""
     print(f"API key {row.id} for owner {args.owner!r}{until}. It is shown only this once: store it now.",
           file=sys.stderr)
+    set_mlflow_password(args.owner, key)
     return 0
+
+
+def set_mlflow_password(owner: str, key: str) -> None:
+    """Where MLflow runs its basic-auth app, the owner logs in to it with this key."""
+    from api.server import mlflow_access
+    from services.settings import get_settings
+    if (access := mlflow_access(get_settings())) is not None:
+        access.set_password(owner, key)
+        print(f"MLflow: log in as {owner!r} with this key as the password.", file=sys.stderr)
 
 
 def expiry_of(args) -> datetime | None:

@@ -45,12 +45,20 @@ def build_dispatcher(settings: Settings):
     with sessions() as session:  # as the API does: either may start first
         register_bundled(session=session, store=store)
     tracker = Tracker(tracking_uri=settings.resolved_tracking_uri(),
-                      artifacts_dir=settings.artifacts_dir())
+                      artifacts_dir=settings.artifacts_dir(), access=mlflow_access(settings))
     tracker.ensure_store()
     cluster = Cluster(address=settings.ray_address, max_retries=settings.fold_max_retries)
     return Dispatcher(sessions=sessions, cluster=cluster, tracker=tracker, store=store,
                       max_active_jobs=settings.max_active_jobs, poll_interval_s=settings.poll_interval_s,
-                      lease_s=settings.lease_s)
+                      lease_s=settings.lease_s, limits=settings.default_limits())
+
+
+def mlflow_access(settings: Settings):
+    """The MLflow server's basic-auth, when it runs it (CROSSFOLD_MLFLOW_AUTH)."""
+    if not settings.mlflow_auth:
+        return None
+    from services.tracking import MlflowAccess
+    return MlflowAccess(settings.resolved_tracking_uri())
 
 
 def run_api(settings: Settings, workers: int = 1) -> None:

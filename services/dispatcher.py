@@ -12,6 +12,7 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,26 +22,35 @@ from services.database import Reachability, unreachable
 from services.dataset_store import DatasetStore
 from services.job_data import JobData, resolve
 from services.job_inputs import source_of, split_plans
-from services.lifecycle import (adopt_orphaned_job, claim_next_job, hold_leases, move_fold, move_job,
-                                renew_leases)
+from services.lifecycle import (adopt_orphaned_job, claim_next_job, hold_leases, move_fold, move_job, now,
+                                put_back, renew_leases)
 from services.models import Dataset, Fold, Job
+from services.quotas import Limits, limits_of, runtime_of
 from services.reports import summed
 from services.results import fold_table, summarize
 from services.spec import JobSpec, flatten
 from services.states import FINISHED_FOLD, FoldStatus, JobStatus
-from services.tracking import Tracker
+from services.settings import get_settings
+from services.tracking import Tracker, transient
 from workers.events import EpochEnded, FoldStarted, ProgressEvent
 from workers.results import Ending, FoldResult
 
 log = logging.getLogger(__name__)
 
 
+START_BACKOFF_S = 5.0  # a start that failed for a passing reason is tried again after this,
+MAX_START_BACKOFF_S = 300.0  # doubling each time up to this,
+MAX_START_ATTEMPTS = 8  # this many times (about 15 minutes of outage) before the job fails
+
+
 @dataclass
 class ActiveJob:
     """A running job's Ray handles, kept in memory by the dispatcher that runs it."""
     job_id: str
+    deadline: datetime | None = None  # its max_runtime_s from its start
     tasks: dict[object, list[int]] = field(default_factory=dict)  # Ray task → its fold indices
     cancelling: bool = False
+    ran_out: str | None = None  # why it was stopped at its deadline
 
 
 class LeaseLost(RuntimeError):
@@ -50,8 +60,12 @@ class LeaseLost(RuntimeError):
 class Dispatcher:
     def __init__(self, *, sessions: sessionmaker[Session], cluster: Cluster, tracker: Tracker,
                  store: DatasetStore, max_active_jobs: int, poll_interval_s: float = 0.5,
-                 lease_s: float = 30.0):
+                 lease_s: float = 30.0, limits: Limits | None = None,
+                 start_backoff_s: float = START_BACKOFF_S):
+        """`limits`: the owners' default limits (services.quotas), the settings' by default."""
         self.sessions, self.cluster, self.tracker, self.store = sessions, cluster, tracker, store
+        self.limits = limits or get_settings().default_limits()
+        self.start_backoff_s = start_backoff_s
         self.max_active_jobs, self.poll_interval_s, self.lease_s = max_active_jobs, poll_interval_s, lease_s
         self.dispatcher_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.active: dict[str, ActiveJob] = {}
@@ -83,6 +97,7 @@ class Dispatcher:
             self.apply_progress(session)
             self.collect_results(session, finished)
             self.carry_out_cancellations(session)
+            self.stop_overdue_jobs()
 
     def fence(self, session: Session) -> None:
         """From here on, each commit of this tick first checks that every job it holds is
@@ -103,14 +118,19 @@ class Dispatcher:
         while len(self.active) < self.max_active_jobs:
             # Jobs whose dispatcher died come first: they have waited longest.
             adopted = adopt_orphaned_job(session, dispatcher_id=self.dispatcher_id, lease_s=self.lease_s)
-            job = adopted or claim_next_job(session, dispatcher_id=self.dispatcher_id, lease_s=self.lease_s)
+            job = adopted or claim_next_job(session, dispatcher_id=self.dispatcher_id, lease_s=self.lease_s,
+                                            max_running_folds=self.limits.max_running_folds)
             if job is None:
                 return
             try:
                 self.start_job(session, job, adopted=adopted is not None)
             except Exception as error:
-                log.exception("job %s could not start", job.id)
-                self.fail_before_start(session, job, f"could not start: {error}")
+                # MLflow (or the way to it) down for a moment: try again later.
+                if transient(error) and not adopted and job.start_attempts + 1 < MAX_START_ATTEMPTS:
+                    self.retry_later(session, job, error)
+                else:
+                    log.exception("job %s could not start", job.id)
+                    self.fail_before_start(session, job, f"could not start: {error}")
 
     def start_job(self, session: Session, job: Job, *, adopted: bool = False) -> None:
         """Submit the folds of a newly claimed job, or the unfinished folds of an adopted one."""
@@ -120,7 +140,8 @@ class Dispatcher:
             self.reset_interrupted_folds(session, job)
         if job.mlflow_run_id is None:  # new, or adopted from a dispatcher that died before
             self.create_runs(session, job, spec, data)
-        self.active[job.id] = ActiveJob(job.id)
+        runtime = runtime_of(spec, limits_of(session, job.owner, self.limits))
+        self.active[job.id] = ActiveJob(job.id, deadline=job.started_at + timedelta(seconds=runtime))
         unfinished = [fold.index for fold in job.folds if fold.status not in FINISHED_FOLD]
         if unfinished and not job.cancel_requested:
             source = source_of(data, self.store)
@@ -139,7 +160,7 @@ class Dispatcher:
         # The spec's params, and what is true of its data (digits: 1,797 rows, 64 features).
         params = {**flatten(spec), **dataset_params(data)}
         experiment, parent, children = self.tracker.start_job(
-            job_id=job.id, name=job.name, params=params, n_folds=spec.cv.folds)
+            job_id=job.id, name=job.name, owner=job.owner, params=params, n_folds=spec.cv.folds)
         self.log_dataset([parent, *children], data, session)
         job.mlflow_experiment_id, job.mlflow_run_id = experiment, parent
         for fold, run_id in zip(job.folds, children):
@@ -161,6 +182,20 @@ class Dispatcher:
             if fold.status is FoldStatus.RUNNING:
                 move_fold(fold, FoldStatus.PENDING)
         session.commit()
+
+    def retry_later(self, session: Session, job: Job, error: Exception) -> None:
+        """A start that failed for a passing reason (MLflow unreachable, say): the job goes
+        back to the queue and is tried again later, each time after twice the wait, so a
+        short outage fails no job; the queue behind it is not failed one after another."""
+        session.rollback()
+        self.active.pop(job.id, None)
+        job = session.get(Job, job.id)
+        job.start_attempts += 1
+        wait = min(self.start_backoff_s * 2 ** (job.start_attempts - 1), MAX_START_BACKOFF_S)
+        put_back(job, not_before=now() + timedelta(seconds=wait))
+        session.commit()
+        log.warning("job %s could not start (%s); back in the queue, tried again in %.0f s",
+                    job.id, first_line(error), wait)
 
     def fail_before_start(self, session: Session, job: Job, reason: str) -> None:
         """A job that cannot start fails at once, its unfinished folds cancelled and
@@ -272,7 +307,7 @@ class Dispatcher:
     def finish_job(self, session: Session, job_id: str) -> None:
         job = session.get(Job, job_id)
         session.refresh(job)
-        target, error = self.outcome_of(job)
+        target, error = self.outcome_of(job, self.active[job_id])
         self.cancel_leftover_folds(job)
         job.summary = summarize([f.test_metrics for f in job.folds if f.status is FoldStatus.SUCCEEDED])
         job.error = error
@@ -304,7 +339,9 @@ class Dispatcher:
                     self.tracker.finish_fold(fold.mlflow_run_id, status="cancelled")
 
     @staticmethod
-    def outcome_of(job: Job) -> tuple[JobStatus, str | None]:
+    def outcome_of(job: Job, active: ActiveJob) -> tuple[JobStatus, str | None]:
+        if active.ran_out:
+            return JobStatus.FAILED, active.ran_out
         if job.cancel_requested:
             return JobStatus.CANCELLED, None
         failed = [f for f in job.folds if f.status is FoldStatus.FAILED]
@@ -335,6 +372,24 @@ class Dispatcher:
                 self.cluster.cancel(ref)
             # The cancelled tasks come back through collect_results on the next
             # ticks, which then finish the job as cancelled.
+
+
+    def stop_overdue_jobs(self) -> None:
+        """Jobs past their max_runtime_s: their tasks are cancelled, and once those come back
+        (collect_results) the job fails saying why."""
+        for active in self.active.values():
+            if active.cancelling or active.deadline is None or now() < active.deadline:
+                continue
+            log.warning("job %s ran past its max_runtime_s; cancelling its folds", active.job_id)
+            active.cancelling = True
+            active.ran_out = ("the job ran past its time limit (max_runtime_s); its unfinished folds "
+                              "were cancelled")
+            for ref in active.tasks:
+                self.cluster.cancel(ref)
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 def record_best(fold: Fold, epoch: int, metrics: dict[str, float]) -> None:

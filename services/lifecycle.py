@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from services.models import Fold, Job
+from services.models import Fold, Job, OwnerLimits
 from services.states import FINISHED_FOLD, FINISHED_JOB, FoldStatus, JobStatus, check_fold, check_job
 
 
@@ -34,17 +34,23 @@ def move_fold(fold: Fold, target: FoldStatus) -> None:
         fold.finished_at = now()
 
 
-def claim_next_job(session: Session, *, dispatcher_id: str, lease_s: float = 30.0) -> Job | None:
-    """Atomically take the oldest queued job, or return None.
+def claim_next_job(session: Session, *, dispatcher_id: str, lease_s: float = 30.0,
+                   max_running_folds: int | None = None) -> Job | None:
+    """Atomically take the next queued job, or return None.
+
+    Fair between owners: among the owners whose unfinished folds (of their running jobs)
+    plus the job's own stay within their running-fold limit (`max_running_folds`, or the
+    owner's own in owner_limits), the one running the fewest folds goes first, with its
+    oldest job. A job put back after a failed start waits until its `not_before`.
 
     PostgreSQL: the row is locked with FOR UPDATE SKIP LOCKED, so concurrent
     dispatchers each get a different job without waiting. SQLite has no row locks:
     a conditional UPDATE (… WHERE status = 'queued') lets exactly one writer win.
     """
     check_job(JobStatus.QUEUED, JobStatus.RUNNING)
-    query = select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.created_at).limit(1)
+    query = next_job_query(max_running_folds)
     if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
+        query = query.with_for_update(skip_locked=True, of=Job)
     job_id = session.scalar(query)
     if job_id is None:
         return None
@@ -54,6 +60,30 @@ def claim_next_job(session: Session, *, dispatcher_id: str, lease_s: float = 30.
                 lease_expires_at=now() + timedelta(seconds=lease_s)))
     session.commit()
     return session.get(Job, job_id) if claimed.rowcount == 1 else None
+
+
+def next_job_query(max_running_folds: int | None):
+    ready = (Job.status == JobStatus.QUEUED) & (Job.not_before.is_(None) | (Job.not_before <= now()))
+    if max_running_folds is None:
+        return select(Job.id).where(ready).order_by(Job.created_at).limit(1)
+    running = (select(Job.owner.label("owner"), func.count(Fold.id).label("folds"))
+               .join(Fold, Fold.job_id == Job.id)
+               .where(Job.status == JobStatus.RUNNING, Fold.status.not_in(FINISHED_FOLD))
+               .group_by(Job.owner).subquery())
+    own_folds = select(func.count(Fold.id)).where(Fold.job_id == Job.id).scalar_subquery()
+    busy = func.coalesce(running.c.folds, 0)
+    limit = func.coalesce(OwnerLimits.max_running_folds, max_running_folds)
+    return (select(Job.id).outerjoin(running, running.c.owner == Job.owner)
+            .outerjoin(OwnerLimits, OwnerLimits.owner == Job.owner)
+            .where(ready, busy + own_folds <= limit)
+            .order_by(busy, Job.created_at).limit(1))
+
+
+def put_back(job: Job, *, not_before: datetime) -> None:
+    """A claimed job whose start failed for a passing reason goes back to the queue."""
+    check_job(JobStatus(job.status), JobStatus.QUEUED)
+    job.status, job.started_at, job.not_before = JobStatus.QUEUED, None, not_before
+    job.dispatcher_id = job.lease_expires_at = None
 
 
 def adopt_orphaned_job(session: Session, *, dispatcher_id: str, lease_s: float = 30.0) -> Job | None:

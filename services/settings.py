@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     # Empty means: a local MLflow store (SQLite + artifacts) under data_dir.
     mlflow_tracking_uri: str = ""
     mlflow_ui_url: str = "http://127.0.0.1:5000"
+    # The MLflow server runs its basic-auth app (docker-compose.yml): the dispatcher, its
+    # admin, grants each owner their own experiments, and `crossfold keys create` sets the
+    # owner's MLflow password to the new key (services.mlflow_access).
+    mlflow_auth: bool = False
     # Where datasets are stored, as a pyarrow.fs URI (s3://bucket/prefix on a cluster, which
     # every Ray node must reach). Empty means: a folder under data_dir.
     dataset_store: str = ""

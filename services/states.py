@@ -1,6 +1,7 @@
 """Job and fold states and their transition tables.
 
-    Job:  queued → running → succeeded | failed | cancelled;  queued → cancelled
+    Job:  queued → running → succeeded | failed | cancelled;  queued → cancelled;
+          running → queued (its start failed for a passing reason: retried later)
     Fold: pending → running → succeeded | failed | cancelled;  pending → cancelled;
           running → pending (its worker was lost and the fold is retried)
 
@@ -29,7 +30,7 @@ class FoldStatus(str, enum.Enum):
 
 JOB_TRANSITIONS: dict[JobStatus, set[JobStatus]] = {
     JobStatus.QUEUED: {JobStatus.RUNNING, JobStatus.CANCELLED},
-    JobStatus.RUNNING: {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED},
+    JobStatus.RUNNING: {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED},
     JobStatus.SUCCEEDED: set(),
     JobStatus.FAILED: set(),
     JobStatus.CANCELLED: set(),

@@ -1,6 +1,7 @@
 """MLflow, and the only module that talks to it.
 
-Layout: one experiment per job name; one parent run per job (flattened spec as
+Layout: one experiment per owner and job name (`owner/name`: owners never share one,
+and no job writes into MLflow's Default experiment); one parent run per job (flattened spec as
 params, job id as a tag, test_<metric>_mean/_std, a fold table); one nested child
 run per fold (per-epoch metrics at step = epoch, the best checkpoint, test metrics).
 Runs are created by the dispatcher before any fold starts, so a retried fold keeps
@@ -10,13 +11,19 @@ otherwise opens them in its GenAI view (traces, evaluations), not the runs table
 from __future__ import annotations
 
 import json
+import secrets
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
+from urllib.parse import quote
+
+import requests
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from sqlalchemy.exc import OperationalError
 
 from services.reports import class_report, confusion_png
 
@@ -31,33 +38,73 @@ END_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
+# MLflow's error codes for a server that failed or is busy (5xx): worth trying again.
+TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
+
+
+def experiment_name(owner: str, name: str) -> str:
+    return f"{owner}/{name}"
+
+
+def transient(error: BaseException) -> bool:
+    """Whether an MLflow call failed for a passing reason: connection refused or reset, a
+    timeout, a 5xx from the server, a local store that is locked. MLflow wraps the
+    network's errors in its own, so the whole chain of causes is looked at."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, (ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout,
+                              OperationalError)):
+            return True
+        if isinstance(error, MlflowException) and error.error_code in TRANSIENT_CODES:
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
 class Tracker:
-    def __init__(self, *, tracking_uri: str, artifacts_dir: Path | None = None):
+    def __init__(self, *, tracking_uri: str, artifacts_dir: Path | None = None,
+                 access: MlflowAccess | None = None):
         """`artifacts_dir`: where a local store keeps artifacts; None lets an MLflow
-        server choose (it proxies artifacts to its own storage)."""
+        server choose (it proxies artifacts to its own storage). `access`: an MLflow
+        server's authentication (services.mlflow_access), to grant each owner their own
+        experiments; None where MLflow has none (the embedded, single-owner default)."""
         self.client = MlflowClient(tracking_uri)
-        self.artifacts_dir = artifacts_dir
+        self.artifacts_dir, self.access = artifacts_dir, access
 
     def ensure_store(self) -> None:
         """Create (and migrate) the store once, before anything else opens it: several
         processes migrating a fresh SQLite store at once collide."""
         self.client.search_experiments(max_results=1)
 
-    def experiment_id(self, name: str) -> str:
-        """The job name's experiment, created (or re-marked) as a model-training one."""
-        found = self.client.get_experiment_by_name(name)
+    def experiment_id(self, owner: str, name: str) -> str:
+        """The owner's experiment for this job name, created (or re-marked) as a
+        model-training one; restored if someone deleted it (MLflow would refuse new runs
+        in a deleted experiment, failing every later job of that name)."""
+        found = self.client.get_experiment_by_name(experiment_name(owner, name))
         if found is None:
-            location = (self.artifacts_dir / name).resolve().as_uri() if self.artifacts_dir else None
-            return self.client.create_experiment(name, artifact_location=location,
-                                                  tags=dict([EXPERIMENT_KIND]))
+            return self.create_experiment(owner, name)
+        if found.lifecycle_stage == "deleted":
+            self.client.restore_experiment(found.experiment_id)
         if found.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # made by an older crossfold
             self.client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
         return found.experiment_id
 
-    def start_job(self, *, job_id: str, name: str, params: dict[str, str],
+    def create_experiment(self, owner: str, name: str) -> str:
+        location = None
+        if self.artifacts_dir:  # a folder per owner; an owner name may hold any character
+            folder = self.artifacts_dir / quote(owner, safe="") / name
+            location = folder.resolve().as_uri()
+        experiment = self.client.create_experiment(experiment_name(owner, name), artifact_location=location,
+                                                   tags={EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1],
+                                                         "crossfold.owner": owner})
+        if self.access is not None:
+            self.access.grant_read(owner, experiment)
+        return experiment
+
+    def start_job(self, *, job_id: str, name: str, owner: str, params: dict[str, str],
                   n_folds: int) -> tuple[str, str, list[str]]:
         """Create the parent run and one child run per fold: (experiment, parent, children)."""
-        experiment = self.experiment_id(name)
+        experiment = self.experiment_id(owner, name)
         parent = self.client.create_run(experiment, run_name=name,
                                         tags={"crossfold.job_id": job_id}).info.run_id
         items = [Param(k, v) for k, v in params.items()]
@@ -171,3 +218,58 @@ def signature_of(about: dict):
     output = "string" if any(isinstance(c, str) for c in classes) else \
         ("long" if classes else "double")
     return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(output)]))
+
+
+EXPERIMENT = "experiment"  # MLflow's resource type for an experiment's permissions
+
+
+class MlflowAccess:
+    """Who sees what, where the MLflow server runs its basic-auth app (docker-compose.yml).
+
+    The server shows nothing to anyone not granted it (`default_permission =
+    NO_PERMISSIONS`). The dispatcher logs in as MLflow's admin (MLFLOW_TRACKING_USERNAME /
+    _PASSWORD, read by MLflow's client) and, creating an owner's experiment, grants that
+    owner READ on it. Each owner is an MLflow user of the same name whose password is an
+    API key of theirs, set by `crossfold keys create`: they log in to the UI with their
+    owner name and key, and see their own jobs' experiments, runs and checkpoints only."""
+
+    def __init__(self, tracking_uri: str):
+        from mlflow.server.auth.client import AuthServiceClient  # loads MLflow's whole server
+        self.client = AuthServiceClient(tracking_uri)
+
+    def grant_read(self, owner: str, experiment_id: str) -> None:
+        """Let `owner` read one experiment (its runs, metrics and artifacts), nothing more."""
+        self.ensure_user(owner)
+        try:
+            self.client.grant_user_permission(owner, EXPERIMENT, experiment_id, "READ")
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":  # granted before: nothing to do
+                raise
+
+    def ensure_user(self, owner: str) -> None:
+        """The owner's MLflow user; created with an unusable random password until a key
+        of theirs sets one (set_password)."""
+        if not self.exists(owner):
+            self.create(owner, secrets.token_urlsafe(32))
+
+    def set_password(self, owner: str, password: str) -> None:
+        if self.exists(owner):
+            self.client.update_user_password(owner, password)
+        else:
+            self.create(owner, password)
+
+    def exists(self, owner: str) -> bool:
+        try:
+            self.client.get_user(owner)
+            return True
+        except MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
+
+    def create(self, owner: str, password: str) -> None:
+        try:
+            self.client.create_user(owner, password)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":  # another dispatcher got there first
+                raise

@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -219,3 +220,31 @@ def running_service(database_url: str, folder: Path, lease_s: float = 30.0):
     finally:
         stop.set()
         engine.dispose()
+
+
+@contextmanager
+def mlflow_server(folder: Path, port: int, auth_config: Path | None = None) -> Iterator[str]:
+    """A real `mlflow server` on loopback (SQLite store, artifacts proxied to `folder`),
+    with its basic-auth app when given its config; yields its URL once it answers."""
+    import requests
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+               "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+               "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"]
+    env = dict(os.environ)
+    if auth_config is not None:
+        command[4:4] = ["--app-name", "basic-auth"]
+        env.update(MLFLOW_AUTH_CONFIG_PATH=str(auth_config), MLFLOW_FLASK_SERVER_SECRET_KEY="tests")
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return requests.get(f"{url}/health", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+    try:
+        wait_for(healthy, 90, 0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

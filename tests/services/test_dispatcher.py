@@ -13,7 +13,7 @@ from services.dispatcher import Dispatcher, LeaseLost
 from services.models import Fold, Job
 from services.states import JobStatus
 from services.tracking import Tracker
-from tests.helpers import small_job, store_job, wait_for
+from tests.helpers import free_port, mlflow_server, small_job, store_job, wait_for
 
 SLOW_FOLDS = dict(dataset={"name": "synthetic", "rows": 4000, "features": 20}, max_epochs=40,
                   early_stopping={"patience": 1000}, checkpoint_interval_s=0)
@@ -108,3 +108,70 @@ def test_a_dispatcher_that_lost_a_job_writes_nothing_more_to_it(ray_session, tmp
         assert job.status is JobStatus.RUNNING
     stalled.tick()  # the next tick lets the job go
     assert job_id not in stalled.active
+
+
+def test_a_job_past_its_max_runtime_is_stopped_and_fails_saying_why(ray_session, tmp_path, sessions, store):
+    with sessions() as session:
+        job_id = store_job(session, small_job(max_runtime_s=2, **SLOW_FOLDS)).id
+    tracker = Tracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifacts_dir=tmp_path / "art")
+    dispatcher = Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker, store=store, max_active_jobs=1)
+
+    def job():
+        with sessions() as session:
+            return jobs.get_job(session=session, job_id=job_id)
+
+    def step():
+        dispatcher.tick()
+        return job().status is not JobStatus.RUNNING and job().status is not JobStatus.QUEUED
+    wait_for(step, 120)
+    final = job()
+    assert final.status is JobStatus.FAILED and "max_runtime_s" in final.error
+    assert {f.status.value for f in final.folds} <= {"cancelled", "succeeded"}
+    assert any(f.status.value == "cancelled" for f in final.folds)
+    assert (final.finished_at - final.started_at).total_seconds() < 60
+    run = tracker.client.get_run(final.mlflow_run_id)
+    assert run.info.status == "FAILED" and "max_runtime_s" in run.data.tags["crossfold.error"]
+
+
+def test_mlflow_down_when_jobs_start_puts_them_back_and_they_run_once_it_is_up(
+        ray_session, tmp_path, sessions, store, monkeypatch):
+    """Connection refused is a passing error: the queued jobs wait with a backoff instead
+    of failing one after another, and run once MLflow answers."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own retries take minutes
+    port = free_port()
+    with sessions() as session:
+        ids = [store_job(session, small_job(name=f"wait-{i}", max_epochs=3)).id for i in range(2)]
+    tracker = Tracker(tracking_uri=f"http://127.0.0.1:{port}")
+    dispatcher = Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker, store=store,
+                            max_active_jobs=2, start_backoff_s=0.5)
+
+    def states():
+        with sessions() as session:
+            return [jobs.get_job(session=session, job_id=i) for i in ids]
+    for _ in range(3):
+        dispatcher.tick()
+    assert [j.status for j in states()] == [JobStatus.QUEUED] * 2
+    assert all(j.start_attempts >= 1 and j.not_before is not None and j.error is None for j in states())
+    with mlflow_server(tmp_path / "mlflow", port):
+        def step():
+            dispatcher.tick()
+            return all(j.status is JobStatus.SUCCEEDED for j in states())
+        wait_for(step, 120)
+        runs = [tracker.client.get_run(j.mlflow_run_id) for j in states()]
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+
+
+def test_what_is_a_passing_mlflow_error_and_what_is_not(tmp_path, monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+
+    from services.tracking import transient
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(MlflowException) as refused:
+        Tracker(tracking_uri=f"http://127.0.0.1:{free_port()}").client.search_experiments()
+    assert transient(refused.value)
+    with pytest.raises(MlflowException) as missing:
+        Tracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").client.get_run("0" * 32)
+    assert not transient(missing.value)
+    assert transient(MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE))
+    assert not transient(MlflowException("bad", error_code=INVALID_PARAMETER_VALUE))

@@ -117,3 +117,43 @@ def test_four_dispatcher_processes_claim_each_of_200_jobs_exactly_once(sessions,
     assert len(claimed) == 200 and len(set(claimed)) == 200
     with sessions() as session:
         assert {j.status for j in session.scalars(select(Job))} == {JobStatus.RUNNING}
+
+
+def test_the_owner_running_fewest_folds_goes_first_and_none_passes_its_limit(sessions):
+    """Owner flood queued 30 jobs first; a later job of owner calm still starts next,
+    and flood's jobs start only while its unfinished folds stay within the limit (5)."""
+    with sessions() as session:
+        flooded = [store_job(session, small_job(name=f"flood-{i}"), owner="flood").id for i in range(30)]
+        calm = store_job(session, small_job(name="calm"), owner="calm").id
+        claims = [claim_next_job(session, dispatcher_id="d", max_running_folds=5) for _ in range(3)]
+    # 3-fold jobs: flood's first (nobody runs anything), then calm's (0 folds < flood's 3),
+    # then nothing: flood's 3 running + 3 more would pass 5.
+    assert [job.id if job else None for job in claims] == [flooded[0], calm, None]
+
+
+def test_an_owners_own_running_fold_limit_overrides_the_default(sessions):
+    from services.models import OwnerLimits
+    with sessions() as session:
+        session.add(OwnerLimits(owner="big", max_running_folds=9))
+        session.commit()
+        [store_job(session, small_job(name=f"big-{i}"), owner="big") for i in range(4)]
+        claimed = [claim_next_job(session, dispatcher_id="d", max_running_folds=3) for _ in range(4)]
+    assert [job is not None for job in claimed] == [True, True, True, False]  # 9 folds, not 3
+
+
+def test_finished_folds_free_their_room_and_a_put_back_job_waits_its_turn(sessions):
+    from datetime import timedelta
+
+    from services.lifecycle import now, put_back
+    with sessions() as session:
+        first = store_job(session, small_job(name="first"), owner="o").id
+        second = store_job(session, small_job(name="second"), owner="o").id
+        job = claim_next_job(session, dispatcher_id="d", max_running_folds=3)
+        assert job.id == first and claim_next_job(session, dispatcher_id="d", max_running_folds=3) is None
+        for fold in job.folds:
+            move_fold(fold, FoldStatus.RUNNING)
+            move_fold(fold, FoldStatus.SUCCEEDED)
+        put_back(job, not_before=now() + timedelta(hours=1))  # as a start that failed for a passing reason
+        session.commit()
+        assert claim_next_job(session, dispatcher_id="d", max_running_folds=3).id == second
+        assert claim_next_job(session, dispatcher_id="d", max_running_folds=3) is None  # first waits

@@ -1,4 +1,6 @@
 """The MLflow layout, on a real local MLflow store."""
+from pathlib import Path
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -15,20 +17,45 @@ def tracker(tmp_path):
 
 def test_one_parent_run_with_nested_fold_runs(tracker):
     experiment, parent, children = tracker.start_job(
-        job_id="j1", name="demo", params={"optimizer.name": "adam", "cv.folds": "3"}, n_folds=3)
+        job_id="j1", name="demo", owner="alice", params={"optimizer.name": "adam", "cv.folds": "3"}, n_folds=3)
     client: MlflowClient = tracker.client
-    assert client.get_experiment(experiment).name == "demo"
+    assert client.get_experiment(experiment).name == "alice/demo"
     run = client.get_run(parent)
     assert run.data.params == {"optimizer.name": "adam", "cv.folds": "3"}
     assert run.data.tags["crossfold.job_id"] == "j1"
     for index, child in enumerate(children):
         tags = client.get_run(child).data.tags
         assert tags["mlflow.parentRunId"] == parent and tags["crossfold.fold"] == str(index)
-    assert tracker.experiment_id("demo") == experiment  # reused, not duplicated
+    assert tracker.experiment_id("alice", "demo") == experiment  # reused, not duplicated
+
+
+def test_a_job_named_default_keeps_out_of_mlflows_default_experiment(tracker, tmp_path):
+    """MLflow's own experiment 0, Default, keeps its artifacts under the working
+    directory (mlruns/0): a job of that name must not write there."""
+    experiment, _, (child,) = tracker.start_job(job_id="j1", name="Default", owner="local", params={},
+                                                n_folds=1)
+    tracker.finish_fold(child, status="succeeded", checkpoint=b"weights")
+    assert experiment != "0" and tracker.client.get_experiment(experiment).name == "local/Default"
+    location = tracker.client.get_experiment(experiment).artifact_location
+    assert location.startswith((tmp_path / "artifacts" / "local").resolve().as_uri())
+    assert not (Path.cwd() / "mlruns").exists()
+
+
+def test_an_owner_name_cannot_lead_artifacts_out_of_their_folder(tracker, tmp_path):
+    experiment = tracker.experiment_id("../../escape", "demo")
+    location = tracker.client.get_experiment(experiment).artifact_location
+    assert location.startswith((tmp_path / "artifacts").resolve().as_uri() + "/") and "/../" not in location
+
+
+def test_a_deleted_experiment_is_restored(tracker):
+    experiment = tracker.experiment_id("alice", "demo")
+    tracker.client.delete_experiment(experiment)
+    assert tracker.experiment_id("alice", "demo") == experiment
+    assert tracker.client.get_experiment(experiment).lifecycle_stage == "active"
 
 
 def test_fold_run_gets_epochs_checkpoint_and_test_metrics(tracker):
-    _, parent, (child,) = tracker.start_job(job_id="j1", name="demo", params={}, n_folds=1)
+    _, parent, (child,) = tracker.start_job(job_id="j1", name="demo", owner="alice", params={}, n_folds=1)
     for epoch in (1, 2, 3):
         tracker.log_epoch(child, epoch, {"train_loss": 1.0 / epoch, "val_loss": 2.0 / epoch})
     tracker.finish_fold(child, status="succeeded", test_metrics={"accuracy": 0.9, "loss": 0.3},
@@ -44,7 +71,7 @@ def test_fold_run_gets_epochs_checkpoint_and_test_metrics(tracker):
 
 
 def test_job_run_gets_the_summary_and_fold_table(tracker):
-    _, parent, _ = tracker.start_job(job_id="j1", name="demo", params={}, n_folds=1)
+    _, parent, _ = tracker.start_job(job_id="j1", name="demo", owner="alice", params={}, n_folds=1)
     tracker.finish_job(parent, status="failed", summary={"test_accuracy_mean": 0.8},
                        table=[{"fold": 0, "status": "failed"}], error="fold 0 failed: boom")
     run = tracker.client.get_run(parent)
