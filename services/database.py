@@ -95,7 +95,16 @@ def unreachable(error: BaseException) -> bool:
     invalidates it), or one that could not be made. A statement the database refused
     (a deadlock, a timeout, SQLite's lock) is not that."""
     return isinstance(error, DBAPIError) and (
-        error.connection_invalidated or (isinstance(error, OperationalError) and error.statement is None))
+        error.connection_invalidated or (isinstance(error, OperationalError) and error.statement is None)
+        or lost_connection(getattr(error.orig, "sqlstate", None) or ""))
+
+
+def lost_connection(sqlstate: str) -> bool:
+    """PostgreSQL's own word for it, whatever the driver made of the connection: class 08
+    (connection exception), or the server shutting down or terminating the session
+    (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now). A proxy in
+    front of the database may pass these on a connection it keeps open."""
+    return sqlstate.startswith("08") or sqlstate in {"57P01", "57P02", "57P03"}
 
 
 def reason(error: BaseException) -> str:

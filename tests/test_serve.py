@@ -117,7 +117,7 @@ def test_a_killed_service_leaves_no_process_behind_and_its_restart_owns_its_port
     try:
         wait_for(lambda: answers(f"{api}/healthz") and answers(f"{ui}/health"), 180, 0.5)
         assert httpx.get(f"{api}/jobs/{job_id}").status_code == 404  # the second store's API
-        assert "killed-mid-job" not in experiments_in(ui)  # and the second store's UI
+        assert "local/killed-mid-job" not in experiments_in(ui)  # and the second store's UI
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=60) == 0

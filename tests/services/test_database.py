@@ -72,4 +72,6 @@ def test_only_a_database_that_cannot_be_reached_counts_as_unreachable(tmp_path):
     if postgres_available():
         assert not unreachable(error_of(POSTGRES_ADMIN, "SELECT * FROM missing"))
         assert not unreachable(error_of(POSTGRES_ADMIN, "SET statement_timeout = 1; SELECT pg_sleep(1)"))
+        # The server ending the session (57P01, as a shutdown or a proxy's restart does).
+        assert unreachable(error_of(POSTGRES_ADMIN, "SELECT pg_terminate_backend(pg_backend_pid())"))
     assert not unreachable(ValueError("not a database error"))
