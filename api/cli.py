@@ -298,17 +298,24 @@ def create_key_command(session, args) -> int:
     until = f", valid until {row.expires_at:%Y-%m-%d %H:%M} UTC" if row.expires_at else ""
     print(f"API key {row.id} for owner {args.owner!r}{until}. It is shown only this once: store it now.",
           file=sys.stderr)
-    set_mlflow_password(args.owner, key)
-    return 0
+    return set_mlflow_password(session, row, key)
 
 
-def set_mlflow_password(owner: str, key: str) -> None:
+def set_mlflow_password(session, row, key: str) -> int:
     """Where MLflow runs its basic-auth app, the owner logs in to it with this key."""
     from api.server import mlflow_access
+    from services.mlflow_logins import use_as_mlflow_password
     from services.settings import get_settings
-    if (access := mlflow_access(get_settings())) is not None:
-        access.set_password(owner, key)
-        print(f"MLflow: log in as {owner!r} with this key as the password.", file=sys.stderr)
+    if (access := mlflow_access(get_settings())) is None:
+        return 0
+    try:
+        use_as_mlflow_password(session, access, row, key)
+    except Exception as error:  # the key stands; only the MLflow login is missing
+        print(f"error: the key was created, but MLflow did not take it as {row.owner!r}'s password "
+              f"({error}); create another key once MLflow answers", file=sys.stderr)
+        return 1
+    print(f"MLflow: log in as {row.owner!r} with this key as the password.", file=sys.stderr)
+    return 0
 
 
 def expiry_of(args) -> datetime | None:
@@ -349,6 +356,23 @@ def revoke_key_command(session, args) -> int:
         print(f"error: no API key has id {args.key_id} (crossfold keys list)", file=sys.stderr)
         return 2
     print(f"API key {key.id} of {key.owner!r} revoked: it is refused from its next request on")
+    return retire_mlflow_password(session, key)
+
+
+def retire_mlflow_password(session, row) -> int:
+    """A revoked key that was its owner's MLflow password stops being it at once."""
+    from api.server import mlflow_access
+    from services.mlflow_logins import retire
+    from services.settings import get_settings
+    if not row.mlflow_login or (access := mlflow_access(get_settings())) is None:
+        return 0
+    try:
+        retire(session, access, row)
+    except Exception as error:  # the dispatcher retries within a minute (retire_refused_logins)
+        print(f"warning: MLflow did not take the new password yet ({error}); the dispatcher "
+              "replaces it within a minute of MLflow answering", file=sys.stderr)
+        return 1
+    print(f"MLflow: this key no longer logs {row.owner!r} in", file=sys.stderr)
     return 0
 
 

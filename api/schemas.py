@@ -7,7 +7,7 @@ from typing import Callable
 from pydantic import BaseModel, Field
 
 from services.models import BUNDLED_OWNER, Dataset, Fold, Job
-from services.public_errors import public_message, public_worker
+from services.public_errors import public_message
 from services.results import experiment_link, mlflow_link
 from services.states import FoldStatus, JobStatus
 
@@ -27,9 +27,9 @@ class FoldOut(BaseModel):
     test_metrics: dict[str, float] | None
     error: str | None = Field(description="why the fold failed; internal addresses show as <url> "
                                           "and <address> (MLflow's crossfold.error tag has it whole)")
-    worker: str | None = Field(description="the attempt's worker process as an opaque label "
-                                           "(worker-<8 hex digits>): the same worker keeps its "
-                                           "label, a retry on another process gets another one")
+    worker: None = Field(None, description="not shown: where a fold ran (host:pid) is the service "
+                                           "operators' to know (the database and the logs keep it); "
+                                           "`attempts` tells the tries apart")
     mlflow_run_id: str | None
     mlflow_url: str | None
 
@@ -74,7 +74,6 @@ def fold_out(fold: Fold, experiment_id: str | None, ui_url: str) -> FoldOut:
                    val_accuracy=fold.val_accuracy, best_epoch=fold.best_epoch,
                    best_val_loss=fold.best_val_loss, best_val_accuracy=fold.best_val_accuracy,
                    test_metrics=fold.test_metrics, error=shown(fold.error, public_message),
-                   worker=shown(fold.worker, public_worker),
                    mlflow_run_id=fold.mlflow_run_id,
                    mlflow_url=mlflow_link(ui_url, experiment_id, fold.mlflow_run_id))
 

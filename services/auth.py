@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import re
 import secrets
 from datetime import datetime, timedelta, timezone
 
@@ -24,6 +26,10 @@ SHOWN_CHARACTERS = 8
 LAST_USE_RESOLUTION = timedelta(seconds=60)
 
 ACTIVE, REVOKED, EXPIRED = "active", "revoked", "expired"
+OWNER_NAME = r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}"
+# Owners are MLflow users of the same name: none may take the admin's (docker-compose.yml's
+# `crossfold`, or whatever MLFLOW_TRACKING_USERNAME names), or their key would become its password.
+RESERVED_MLFLOW_USERS = {"crossfold", "admin", os.environ.get("MLFLOW_TRACKING_USERNAME", "crossfold").lower()}
 
 
 def hash_key(key: str) -> str:
@@ -59,8 +65,13 @@ def create_key(*, session: Session, owner: str, expires_at: datetime | None = No
 
 
 def check_owner(owner: str) -> None:
-    if not owner or len(owner) > 100:
-        raise ValueError("owner must be 1 to 100 characters")
+    # A name that is also an MLflow user name, a basic-auth login (no ':') and the first
+    # part of the owner's experiment names (no '/').
+    if not re.fullmatch(OWNER_NAME, owner):
+        raise ValueError("owner must be 1 to 100 letters, digits, '_', '.', '@' or '-', starting "
+                         "with a letter or digit")
+    if owner.lower() in RESERVED_MLFLOW_USERS:
+        raise ValueError(f"{owner!r} is reserved: it is the MLflow admin the dispatcher logs in as")
     if owner == LOCAL_OWNER:
         # Jobs submitted while authentication was off belong to this owner.
         raise ValueError(f"{LOCAL_OWNER!r} is reserved for the unauthenticated embedded mode")

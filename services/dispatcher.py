@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -24,6 +25,7 @@ from services.job_data import JobData, resolve
 from services.job_inputs import source_of, split_plans
 from services.lifecycle import (adopt_orphaned_job, claim_next_job, hold_leases, move_fold, move_job, now,
                                 put_back, renew_leases)
+from services.mlflow_logins import retire_refused_logins
 from services.models import Dataset, Fold, Job
 from services.quotas import Limits, limits_of, runtime_of
 from services.reports import summed
@@ -40,7 +42,8 @@ log = logging.getLogger(__name__)
 
 START_BACKOFF_S = 5.0  # a start that failed for a passing reason is tried again after this,
 MAX_START_BACKOFF_S = 300.0  # doubling each time up to this,
-MAX_START_ATTEMPTS = 8  # this many times (about 15 minutes of outage) before the job fails
+MAX_START_ATTEMPTS = 8  # this many times (10 minutes of outage) before the job fails
+LOGIN_SWEEP_S = 60.0  # how often MLflow passwords that are expired keys are replaced
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Dispatcher:
         self.sessions, self.cluster, self.tracker, self.store = sessions, cluster, tracker, store
         self.limits = limits or get_settings().default_limits()
         self.start_backoff_s = start_backoff_s
+        self.logins_swept_at = float("-inf")
         self.max_active_jobs, self.poll_interval_s, self.lease_s = max_active_jobs, poll_interval_s, lease_s
         self.dispatcher_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.active: dict[str, ActiveJob] = {}
@@ -98,6 +102,7 @@ class Dispatcher:
             self.collect_results(session, finished)
             self.carry_out_cancellations(session)
             self.stop_overdue_jobs()
+            self.retire_mlflow_logins(session)
 
     def fence(self, session: Session) -> None:
         """From here on, each commit of this tick first checks that every job it holds is
@@ -117,7 +122,8 @@ class Dispatcher:
     def claim_jobs(self, session: Session) -> None:
         while len(self.active) < self.max_active_jobs:
             # Jobs whose dispatcher died come first: they have waited longest.
-            adopted = adopt_orphaned_job(session, dispatcher_id=self.dispatcher_id, lease_s=self.lease_s)
+            adopted = adopt_orphaned_job(session, dispatcher_id=self.dispatcher_id, lease_s=self.lease_s,
+                                         held=list(self.active))
             job = adopted or claim_next_job(session, dispatcher_id=self.dispatcher_id, lease_s=self.lease_s,
                                             max_running_folds=self.limits.max_running_folds)
             if job is None:
@@ -125,12 +131,11 @@ class Dispatcher:
             try:
                 self.start_job(session, job, adopted=adopted is not None)
             except Exception as error:
-                # MLflow (or the way to it) down for a moment: try again later.
-                if transient(error) and not adopted and job.start_attempts + 1 < MAX_START_ATTEMPTS:
-                    self.retry_later(session, job, error)
-                else:
-                    log.exception("job %s could not start", job.id)
-                    self.fail_before_start(session, job, f"could not start: {error}")
+                if transient(error) and job.start_attempts + 1 < MAX_START_ATTEMPTS:
+                    self.retry_later(session, job, error, adopted=adopted is not None)
+                    return  # MLflow is down: the jobs behind this one need not wait on its timeouts
+                log.exception("job %s could not start", job.id)
+                self.fail_before_start(session, job, f"could not start: {error}")
 
     def start_job(self, session: Session, job: Job, *, adopted: bool = False) -> None:
         """Submit the folds of a newly claimed job, or the unfinished folds of an adopted one."""
@@ -141,9 +146,11 @@ class Dispatcher:
         if job.mlflow_run_id is None:  # new, or adopted from a dispatcher that died before
             self.create_runs(session, job, spec, data)
         runtime = runtime_of(spec, limits_of(session, job.owner, self.limits))
-        self.active[job.id] = ActiveJob(job.id, deadline=job.started_at + timedelta(seconds=runtime))
+        active = self.active[job.id] = ActiveJob(job.id, deadline=job.started_at + timedelta(seconds=runtime))
+        if now() >= active.deadline:  # adopted past its time: nothing more is started
+            self.run_out(active)
         unfinished = [fold.index for fold in job.folds if fold.status not in FINISHED_FOLD]
-        if unfinished and not job.cancel_requested:
+        if unfinished and not job.cancel_requested and not active.cancelling:
             source = source_of(data, self.store)
             plans = split_plans(data, source, spec.cv, unfinished)
             self.active[job.id].tasks = self.cluster.submit(source, plans, spec.training_config(), job.id)
@@ -160,12 +167,24 @@ class Dispatcher:
         # The spec's params, and what is true of its data (digits: 1,797 rows, 64 features).
         params = {**flatten(spec), **dataset_params(data)}
         experiment, parent, children = self.tracker.start_job(
-            job_id=job.id, name=job.name, owner=job.owner, params=params, n_folds=spec.cv.folds)
-        self.log_dataset([parent, *children], data, session)
+            job_id=job.id, name=job.name, owner=job.owner, params=params, n_folds=spec.cv.folds,
+            experiment=self.experiment_of(session, job))
+        try:
+            self.log_dataset([parent, *children], data, session)
+        except Exception:
+            self.tracker.abandon([parent, *children])  # not left RUNNING by a start that failed
+            raise
         job.mlflow_experiment_id, job.mlflow_run_id = experiment, parent
         for fold, run_id in zip(job.folds, children):
             fold.mlflow_run_id = run_id
         session.commit()
+
+    @staticmethod
+    def experiment_of(session: Session, job: Job) -> str | None:
+        """The experiment an earlier job of this owner and name logged into: the only one
+        trusted to be theirs (another MLflow user could have made one of that name)."""
+        return session.scalar(select(Job.mlflow_experiment_id).where(
+            Job.owner == job.owner, Job.name == job.name, Job.mlflow_experiment_id.is_not(None)).limit(1))
 
     def log_dataset(self, run_ids: list[str], data: JobData, session: Session) -> None:
         source = source_of(data, self.store)  # a generated dataset is made here, once
@@ -183,16 +202,27 @@ class Dispatcher:
                 move_fold(fold, FoldStatus.PENDING)
         session.commit()
 
-    def retry_later(self, session: Session, job: Job, error: Exception) -> None:
-        """A start that failed for a passing reason (MLflow unreachable, say): the job goes
-        back to the queue and is tried again later, each time after twice the wait, so a
-        short outage fails no job; the queue behind it is not failed one after another."""
+    def retry_later(self, session: Session, job: Job, error: Exception, *, adopted: bool) -> None:
+        """A start that failed for a passing reason (MLflow unreachable, say): the job is
+        tried again later, each time after twice the wait, so a short outage fails no job;
+        the queue behind it is not failed one after another. A new job goes back to the
+        queue; an adopted one (some folds may have finished) stays running, left for any
+        dispatcher to adopt again once the wait is over. One cancelled meanwhile ends."""
         session.rollback()
         self.active.pop(job.id, None)
         job = session.get(Job, job.id)
+        if job.cancel_requested:
+            self.cancel_leftover_folds(job)
+            move_job(job, JobStatus.CANCELLED)
+            job.lease_expires_at = None
+            session.commit()
+            return
         job.start_attempts += 1
         wait = min(self.start_backoff_s * 2 ** (job.start_attempts - 1), MAX_START_BACKOFF_S)
-        put_back(job, not_before=now() + timedelta(seconds=wait))
+        if adopted:
+            job.dispatcher_id, job.lease_expires_at = None, now() + timedelta(seconds=wait)
+        else:
+            put_back(job, not_before=now() + timedelta(seconds=wait))
         session.commit()
         log.warning("job %s could not start (%s); back in the queue, tried again in %.0f s",
                     job.id, first_line(error), wait)
@@ -340,7 +370,7 @@ class Dispatcher:
 
     @staticmethod
     def outcome_of(job: Job, active: ActiveJob) -> tuple[JobStatus, str | None]:
-        if active.ran_out:
+        if active.ran_out and any(f.status not in (FoldStatus.SUCCEEDED, FoldStatus.FAILED) for f in job.folds):
             return JobStatus.FAILED, active.ran_out
         if job.cancel_requested:
             return JobStatus.CANCELLED, None
@@ -378,14 +408,28 @@ class Dispatcher:
         """Jobs past their max_runtime_s: their tasks are cancelled, and once those come back
         (collect_results) the job fails saying why."""
         for active in self.active.values():
-            if active.cancelling or active.deadline is None or now() < active.deadline:
-                continue
-            log.warning("job %s ran past its max_runtime_s; cancelling its folds", active.job_id)
-            active.cancelling = True
-            active.ran_out = ("the job ran past its time limit (max_runtime_s); its unfinished folds "
-                              "were cancelled")
-            for ref in active.tasks:
-                self.cluster.cancel(ref)
+            if not active.cancelling and active.deadline is not None and now() >= active.deadline:
+                self.run_out(active)
+
+    def run_out(self, active: ActiveJob) -> None:
+        log.warning("job %s ran past its max_runtime_s; cancelling its folds", active.job_id)
+        active.cancelling = True
+        active.ran_out = "the job ran past its time limit (max_runtime_s); its unfinished folds were cancelled"
+        for ref in active.tasks:
+            self.cluster.cancel(ref)
+
+    def retire_mlflow_logins(self, session: Session) -> None:
+        """Once a minute, where MLflow runs basic-auth: MLflow passwords that are keys the
+        API now refuses (revoked, expired) are replaced (services.mlflow_logins)."""
+        if self.tracker.access is None or time.monotonic() - self.logins_swept_at < LOGIN_SWEEP_S:
+            return
+        self.logins_swept_at = time.monotonic()
+        try:
+            if retired := retire_refused_logins(session, self.tracker.access):
+                log.info("replaced %d MLflow passwords that were revoked or expired keys", retired)
+        except Exception as error:  # MLflow down: the next sweep tries again
+            session.rollback()
+            log.warning("could not replace MLflow passwords of refused keys: %s", first_line(error))
 
 
 def first_line(error: BaseException) -> str:

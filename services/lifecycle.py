@@ -11,6 +11,9 @@ from services.models import Fold, Job, OwnerLimits
 from services.states import FINISHED_FOLD, FINISHED_JOB, FoldStatus, JobStatus, check_fold, check_job
 
 
+CLAIM_LOCK = 0x63726f73  # PostgreSQL advisory lock key: claims that count running folds
+
+
 def now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -50,6 +53,11 @@ def claim_next_job(session: Session, *, dispatcher_id: str, lease_s: float = 30.
     check_job(JobStatus.QUEUED, JobStatus.RUNNING)
     query = next_job_query(max_running_folds)
     if session.get_bind().dialect.name == "postgresql":
+        if max_running_folds is not None:
+            # The owners' running folds are counted, then a job is claimed on that count:
+            # dispatchers claim one at a time (until this transaction ends), or several could
+            # each start a job of one owner on the same count and pass the limit together.
+            session.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK)))
         query = query.with_for_update(skip_locked=True, of=Job)
     job_id = session.scalar(query)
     if job_id is None:
@@ -86,14 +94,16 @@ def put_back(job: Job, *, not_before: datetime) -> None:
     job.dispatcher_id = job.lease_expires_at = None
 
 
-def adopt_orphaned_job(session: Session, *, dispatcher_id: str, lease_s: float = 30.0) -> Job | None:
+def adopt_orphaned_job(session: Session, *, dispatcher_id: str, lease_s: float = 30.0,
+                       held: list[str] = ()) -> Job | None:
     """Take over a running job whose dispatcher stopped renewing its lease (it died).
 
     The status stays `running`; only the owner and the lease change, conditionally on
     the lease still being lapsed, so two dispatchers cannot both adopt the job.
     """
-    expired = ((Job.status == JobStatus.RUNNING) & (Job.lease_expires_at < now())
-               & Job.dispatcher_id.is_distinct_from(dispatcher_id))
+    expired = (Job.status == JobStatus.RUNNING) & (Job.lease_expires_at < now())
+    if held:  # this dispatcher's own jobs; one it let go of (its start failed) it may adopt too
+        expired &= Job.id.not_in(held)
     query = select(Job.id, Job.dispatcher_id).where(expired).order_by(Job.started_at).limit(1)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)

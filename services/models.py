@@ -5,7 +5,7 @@ import uuid
 from datetime import datetime, timezone
 
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Enum, Float, ForeignKey, Integer, String,
-                        Text, TypeDecorator, UniqueConstraint)
+                        Text, TypeDecorator, UniqueConstraint, false)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from services.states import FoldStatus, JobStatus
@@ -92,6 +92,9 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # to the minute
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # This key is its owner's MLflow password (where MLflow runs basic-auth): revoked or
+    # expired, the password is replaced (services.mlflow_logins).
+    mlflow_login: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class OwnerLimits(Base):

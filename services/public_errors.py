@@ -7,7 +7,6 @@ without such things ("loss became nan at epoch 3 (train_loss)") passes unchanged
 """
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 import socket
@@ -38,21 +37,25 @@ HOST_PORT = re.compile(r"(?<![\w/.-])(?!(?:cuda|cpu|mps|xpu|meta|hpu):)"
                        r"[a-z][a-z0-9-]*(?:\.[a-z0-9-]+)*:\d{2,7}\b", re.IGNORECASE)
 
 
+# A host named by what the message says of it, port or not: urllib3's
+# HTTPConnectionPool(host='mlflow', port=5000), psycopg's server at "postgres", Ray's
+# node name: gpu-node-3, and "mlflow.internal port 5000".
+NAMED_HOST = re.compile(r"""(?P<lead>\b(?:host(?:name)?\s*[=:]\s*|server\s+at\s+|node\s+name\s*[=:]?\s*)
+                            (?P<quote>['"]?))(?!<)[\w.-]+(?P=quote)""", re.IGNORECASE | re.VERBOSE)
+BEFORE_PORT = re.compile(r"(?<![\w/<])[a-z][\w.-]*(?=,?\s+port\s+\d)", re.IGNORECASE)
+
+
 def public_message(text: str) -> str:
-    """`text` with URLs as <url>, IP addresses, host:port and host:pid forms and this
-    machine's host name as <address>."""
+    """`text` with URLs as <url>, IP addresses, host:port and host:pid forms, hosts the
+    message names as such, and this machine's host name as <address>."""
     text = URL.sub(URL_MARK, text)
+    text = NAMED_HOST.sub(lambda m: f"{m['lead']}{ADDRESS_MARK}{m['quote']}", text)
+    text = BEFORE_PORT.sub(ADDRESS_MARK, text)
     text = IPV6.sub(_ipv6_address, text)
     text = IPV4.sub(ADDRESS_MARK, text)
     text = HOST_PORT.sub(ADDRESS_MARK, text)
     host = socket.gethostname()  # named alone too, with no port (ray: "node name: vm")
     return _host_name(host).sub(ADDRESS_MARK, text) if host else text
-
-
-def public_worker(worker: str) -> str:
-    """An opaque, stable label for a worker's `host:pid`: one attempt's worker keeps
-    its label, another process gets another, and the address does not show."""
-    return "worker-" + hashlib.sha256(worker.encode()).hexdigest()[:8]
 
 
 def _ipv6_address(match: re.Match) -> str:

@@ -63,7 +63,9 @@ def check_job_fits(spec, limits: Limits) -> None:
 
 
 def runtime_of(spec, limits: Limits) -> int:
-    return spec.max_runtime_s or limits.max_job_runtime_s
+    """The job's own limit, within the owner's (which the administrator may have lowered
+    since the job was submitted)."""
+    return min(spec.max_runtime_s or limits.max_job_runtime_s, limits.max_job_runtime_s)
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,14 @@ class ResourcesSpec(StrictModel):
                                                           "more than 1 must be a whole number")
     cpus_per_fold: float = Field(1, gt=0, le=64)
 
+    @field_validator("gpus_per_fold", "cpus_per_fold")
+    @classmethod
+    def _as_ray_counts(cls, amount: float) -> float:
+        # Ray refuses finer amounts ("precision ... cannot go beyond 0.0001").
+        if round(amount, 4) != amount:
+            raise ValueError("at most 4 decimal places (Ray counts resources in 0.0001 steps)")
+        return amount
+
     @field_validator("gpus_per_fold")
     @classmethod
     def _whole_above_one(cls, gpus: float) -> float:

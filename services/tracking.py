@@ -11,8 +11,11 @@ otherwise opens them in its GenAI view (traces, evaluations), not the runs table
 from __future__ import annotations
 
 import json
+import logging
+import re
 import secrets
 import tempfile
+import uuid
 import time
 import warnings
 from pathlib import Path
@@ -21,12 +24,13 @@ from urllib.parse import quote
 
 import requests
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
+from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import OperationalError
 
 from services.reports import class_report, confusion_png
 
+log = logging.getLogger(__name__)
 PARAMS_PER_BATCH = 100  # MLflow's limit for one log_batch call
 WORKERS = Path(__file__).resolve().parents[1] / "workers"  # the exported models' code
 MODEL_NEEDS = ["torch", "numpy", "pandas", "mlflow"]
@@ -38,8 +42,12 @@ END_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
-# MLflow's error codes for a server that failed or is busy (5xx): worth trying again.
-TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
+# MLflow's error codes worth trying again after: a server that is busy or restarting, a
+# name two dispatchers created at once (the next try finds it), and a login refused: the
+# operator's to fix (the dispatcher's MLflow password), not each job's to fail for.
+TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "DEADLINE_EXCEEDED", "REQUEST_LIMIT_EXCEEDED",
+                   "RESOURCE_EXHAUSTED", "RESOURCE_ALREADY_EXISTS", "UNAUTHENTICATED"}
+SERVER_FAILED = re.compile(r"error code 5\d\d|status code 5\d\d|too many 5\d\d error")
 
 
 def experiment_name(owner: str, name: str) -> str:
@@ -55,8 +63,10 @@ def transient(error: BaseException) -> bool:
         if isinstance(error, (ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout,
                               OperationalError)):
             return True
-        if isinstance(error, MlflowException) and error.error_code in TRANSIENT_CODES:
-            return True
+        if isinstance(error, MlflowException) and (
+                error.error_code in TRANSIENT_CODES or SERVER_FAILED.search(str(error))
+                or (isinstance(error, RestException) and error.error_code == "INTERNAL_ERROR")):
+            return True  # a 5xx (MLflow's plain INTERNAL_ERROR is also its default: not enough)
         error, seen = error.__cause__ or error.__context__, seen + 1
     return False
 
@@ -76,46 +86,79 @@ class Tracker:
         processes migrating a fresh SQLite store at once collide."""
         self.client.search_experiments(max_results=1)
 
-    def experiment_id(self, owner: str, name: str) -> str:
-        """The owner's experiment for this job name, created (or re-marked) as a
-        model-training one; restored if someone deleted it (MLflow would refuse new runs
-        in a deleted experiment, failing every later job of that name)."""
-        found = self.client.get_experiment_by_name(experiment_name(owner, name))
-        if found is None:
+    def experiment_id(self, owner: str, name: str, known: str | None = None) -> str:
+        """The owner's experiment for this job name: `known`, the one an earlier job of
+        theirs used, or one made now (marked as a model-training experiment). One someone
+        deleted is restored: MLflow would refuse new runs in it, failing every later job of
+        that name. Where other MLflow users exist (basic-auth), an experiment of the
+        owner's name that crossfold did not record may have been made by someone else, to
+        read what lands in it: the owner gets a new one instead."""
+        experiment = self.existing(known) if known else None
+        if experiment is None:
+            experiment = self.client.get_experiment_by_name(experiment_name(owner, name))
+            if experiment is not None and self.access is not None:
+                return self.create_experiment(owner, name, suffix=f" ({uuid.uuid4().hex[:8]})")
+        if experiment is None:
             return self.create_experiment(owner, name)
-        if found.lifecycle_stage == "deleted":
-            self.client.restore_experiment(found.experiment_id)
-        if found.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # made by an older crossfold
-            self.client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
-        return found.experiment_id
+        if experiment.lifecycle_stage == "deleted":
+            self.client.restore_experiment(experiment.experiment_id)
+        if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # made by an older crossfold
+            self.client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+        if self.access is not None:  # made before MLflow had authentication, say
+            self.access.grant_read(owner, experiment.experiment_id)
+        return experiment.experiment_id
 
-    def create_experiment(self, owner: str, name: str) -> str:
+    def existing(self, experiment_id: str):
+        try:
+            return self.client.get_experiment(experiment_id)
+        except MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":  # deleted for good (mlflow gc)
+                return None
+            raise
+
+    def create_experiment(self, owner: str, name: str, suffix: str = "") -> str:
         location = None
         if self.artifacts_dir:  # a folder per owner; an owner name may hold any character
-            folder = self.artifacts_dir / quote(owner, safe="") / name
+            folder = self.artifacts_dir / quote(owner, safe="") / (name + suffix.replace(" ", "-"))
             location = folder.resolve().as_uri()
-        experiment = self.client.create_experiment(experiment_name(owner, name), artifact_location=location,
-                                                   tags={EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1],
-                                                         "crossfold.owner": owner})
+        experiment = self.client.create_experiment(
+            experiment_name(owner, name) + suffix, artifact_location=location,
+            tags={EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1], "crossfold.owner": owner})
         if self.access is not None:
             self.access.grant_read(owner, experiment)
         return experiment
 
-    def start_job(self, *, job_id: str, name: str, owner: str, params: dict[str, str],
-                  n_folds: int) -> tuple[str, str, list[str]]:
-        """Create the parent run and one child run per fold: (experiment, parent, children)."""
-        experiment = self.experiment_id(owner, name)
-        parent = self.client.create_run(experiment, run_name=name,
-                                        tags={"crossfold.job_id": job_id}).info.run_id
-        items = [Param(k, v) for k, v in params.items()]
-        for start in range(0, len(items), PARAMS_PER_BATCH):
-            self.client.log_batch(parent, params=items[start:start + PARAMS_PER_BATCH])
-        # The index first: the folds stay apart in the runs table's narrow name column.
-        children = [self.client.create_run(
-            experiment, run_name=f"{i} · fold of {name}",
-            tags={"mlflow.parentRunId": parent, "crossfold.job_id": job_id,
-                  "crossfold.fold": str(i)}).info.run_id for i in range(n_folds)]
-        return experiment, parent, children
+    def start_job(self, *, job_id: str, name: str, owner: str, params: dict[str, str], n_folds: int,
+                  experiment: str | None = None) -> tuple[str, str, list[str]]:
+        """Create the parent run and one child run per fold: (experiment, parent, children).
+        `experiment`: the one an earlier job of this owner and name used (experiment_id).
+        Should MLflow fail midway, the runs made so far are closed as FAILED (abandon)."""
+        experiment = self.experiment_id(owner, name, experiment)
+        made: list[str] = []
+        try:
+            made.append(self.client.create_run(experiment, run_name=name,
+                                               tags={"crossfold.job_id": job_id}).info.run_id)
+            items = [Param(k, v) for k, v in params.items()]
+            for start in range(0, len(items), PARAMS_PER_BATCH):
+                self.client.log_batch(made[0], params=items[start:start + PARAMS_PER_BATCH])
+            for i in range(n_folds):  # the index first: the folds stay apart in the runs table
+                made.append(self.client.create_run(
+                    experiment, run_name=f"{i} · fold of {name}",
+                    tags={"mlflow.parentRunId": made[0], "crossfold.job_id": job_id,
+                          "crossfold.fold": str(i)}).info.run_id)
+        except Exception:
+            self.abandon(made)
+            raise
+        return experiment, made[0], made[1:]
+
+    def abandon(self, run_ids: list[str]) -> None:
+        """Close the runs of a start that failed midway, as FAILED, so that none stays
+        RUNNING; MLflow may well be what failed, so this tries and lets go."""
+        for run_id in run_ids:
+            try:
+                self.client.set_terminated(run_id, status="FAILED")
+            except Exception as error:
+                log.warning("could not close MLflow run %s of a failed start: %s", run_id, error)
 
     def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float],
                   stamp_ms: int | None = None) -> None:

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from services.database import reason, unreachable
+from services.public_errors import public_message
 
 router = APIRouter(tags=["health"])
 
@@ -29,7 +30,8 @@ def healthz(request: Request) -> JSONResponse:
         if not unreachable(error):
             raise
         request.app.state.database.failed(error)
-        return JSONResponse({"status": "unavailable", "database": f"unreachable: {reason(error)}"},
+        # Unauthenticated: the reason without the database's host or address (the log has it).
+        return JSONResponse({"status": "unavailable", "database": f"unreachable: {public_message(reason(error))}"},
                             status_code=503, headers={"Retry-After": "5"})
     request.app.state.database.succeeded()
     return JSONResponse({"status": "ok", "database": "ok"})

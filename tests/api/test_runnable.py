@@ -26,8 +26,12 @@ def generate(**sizes):
 
 
 def remote_with_gpus(gpus):
+    remote_with(num_gpus=gpus)
+
+
+def remote_with(**resources):
     import ray
-    ray.remote(num_gpus=gpus)(lambda: None).remote()
+    ray.remote(**resources)(lambda: None).remote()
 
 
 def train_one_batch_norm_step(rows):
@@ -54,6 +58,10 @@ RULES = {
                                          lambda: generate(features=2, classes=100, rows=2000)),
     "fractional GPUs above 1": (dict(resources={"gpus_per_fold": 1.5}), "resources.gpus_per_fold",
                                 lambda: remote_with_gpus(1.5)),
+    "a CPU share finer than Ray counts": (dict(resources={"cpus_per_fold": 0.00005}), "resources.cpus_per_fold",
+                                          lambda: remote_with(num_cpus=0.00005)),
+    "a GPU share finer than Ray counts": (dict(resources={"gpus_per_fold": 0.00005}), "resources.gpus_per_fold",
+                                          lambda: remote_with(num_gpus=0.00005)),
     "cv seed above 2³²−1": (dict(cv={"folds": 3, "seed": 2**32}), "cv.seed",
                            lambda: np.random.RandomState(2**32)),
     "batch norm on one-row batches": (dict(batch_size=1), "body", lambda: train_one_batch_norm_step(1)),

@@ -175,3 +175,104 @@ def test_what_is_a_passing_mlflow_error_and_what_is_not(tmp_path, monkeypatch):
     assert not transient(missing.value)
     assert transient(MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE))
     assert not transient(MlflowException("bad", error_code=INVALID_PARAMETER_VALUE))
+
+
+def down_tracker(monkeypatch) -> Tracker:
+    """A tracker whose MLflow server is down (nothing listens on its port)."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    return Tracker(tracking_uri=f"http://127.0.0.1:{free_port()}")
+
+
+def test_a_start_that_keeps_failing_for_a_passing_reason_fails_after_the_last_try(
+        ray_session, sessions, store, monkeypatch):
+    from services.dispatcher import MAX_START_ATTEMPTS
+    with sessions() as session:
+        job_id = store_job(session, small_job()).id
+    dispatcher = Dispatcher(sessions=sessions, cluster=Cluster(), tracker=down_tracker(monkeypatch), store=store,
+                            max_active_jobs=1, start_backoff_s=0.01)
+
+    def failed():
+        dispatcher.tick()
+        with sessions() as session:
+            return jobs.get_job(session=session, job_id=job_id).status is JobStatus.FAILED
+    wait_for(failed, 60, 0.05)
+    with sessions() as session:
+        job = jobs.get_job(session=session, job_id=job_id)
+    assert job.start_attempts == MAX_START_ATTEMPTS - 1 and job.error.startswith("could not start")
+    assert {f.status.value for f in job.folds} == {"cancelled"}
+
+
+def test_a_job_cancelled_while_its_start_fails_ends_cancelled(ray_session, tmp_path, sessions, store):
+    class CancelledMeanwhile(Tracker):
+        def start_job(self, *, job_id, **kwargs):
+            with sessions() as other:  # the owner cancels while the dispatcher starts it
+                other.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+                other.commit()
+            raise ConnectionError("MLflow unreachable")
+
+    with sessions() as session:
+        job_id = store_job(session, small_job()).id
+    tracker = CancelledMeanwhile(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker, store=store, max_active_jobs=1).tick()
+    with sessions() as session:
+        job = jobs.get_job(session=session, job_id=job_id)
+    assert job.status is JobStatus.CANCELLED and {f.status.value for f in job.folds} == {"cancelled"}
+
+
+def test_an_adopted_job_whose_start_fails_for_a_passing_reason_waits_to_be_adopted_again(
+        ray_session, sessions, store, monkeypatch):
+    """Its dispatcher died before making its MLflow runs; MLflow is down now: the job
+    stays running (it is not failed), let go until the wait is over, then adopted again."""
+    from datetime import datetime, timedelta, timezone
+    with sessions() as session:
+        job_id = store_job(session, small_job()).id
+        session.execute(update(Job).where(Job.id == job_id).values(
+            status=JobStatus.RUNNING, dispatcher_id="dead", started_at=datetime.now(timezone.utc),
+            lease_expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+        session.commit()
+    dispatcher = Dispatcher(sessions=sessions, cluster=Cluster(), tracker=down_tracker(monkeypatch), store=store,
+                            max_active_jobs=1, start_backoff_s=0.2)
+
+    def job():
+        with sessions() as session:
+            return jobs.get_job(session=session, job_id=job_id)
+    dispatcher.tick()
+    first = job()
+    assert first.status is JobStatus.RUNNING and first.start_attempts == 1 and first.dispatcher_id is None
+    assert not dispatcher.active
+    dispatcher.tick()  # within the wait: left alone
+    assert job().start_attempts == 1
+    wait_for(lambda: dispatcher.tick() or job().start_attempts == 2, 10, 0.1)  # adopted again after it
+
+
+def test_runs_made_before_a_start_failed_are_closed_and_the_retry_makes_its_own(
+        ray_session, tmp_path, sessions, store):
+    class DatasetLoggingFailsOnce(Tracker):
+        failed = False
+
+        def log_dataset(self, *args, **kwargs):
+            if not DatasetLoggingFailsOnce.failed:
+                DatasetLoggingFailsOnce.failed = True
+                raise ConnectionError("MLflow went away midway")
+            super().log_dataset(*args, **kwargs)
+
+    with sessions() as session:
+        job_id = store_job(session, small_job(max_epochs=2)).id
+    tracker = DatasetLoggingFailsOnce(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                      artifacts_dir=tmp_path / "art")
+    dispatcher = Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker, store=store,
+                            max_active_jobs=1, start_backoff_s=0.01)
+
+    def succeeded():
+        dispatcher.tick()
+        with sessions() as session:
+            return jobs.get_job(session=session, job_id=job_id).status is JobStatus.SUCCEEDED
+    wait_for(succeeded, 120)
+    with sessions() as session:
+        job = jobs.get_job(session=session, job_id=job_id)
+    runs = tracker.client.search_runs([job.mlflow_experiment_id])
+    by_status = {}
+    for run in runs:
+        by_status.setdefault(run.info.status, set()).add(run.info.run_id)
+    assert len(by_status["FAILED"]) == 4 and "RUNNING" not in by_status  # the first try's parent and 3 folds
+    assert job.mlflow_run_id in by_status["FINISHED"] and job.start_attempts == 1

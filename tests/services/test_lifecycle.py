@@ -82,38 +82,44 @@ def test_a_retried_fold_counts_its_attempts(sessions):
         assert fold.attempts == 2
 
 
-def claim_all(url: str, name: str, out) -> None:
+def claim_all(url: str, name: str, out, max_running_folds: int | None = None) -> None:
     """One dispatcher process's claim loop (module level, so a spawned process can run it)."""
     from services.database import make_engine, session_factory
     engine = make_engine(url)
     with session_factory(engine)() as session:
-        while (job := claim_next_job(session, dispatcher_id=name)) is not None:
+        while (job := claim_next_job(session, dispatcher_id=name, max_running_folds=max_running_folds)):
             out.put(job.id)
     out.put(None)
+
+
+def claimed_by_processes(database_url: str, processes: int, **limits) -> list[str]:
+    import multiprocessing
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    workers = [context.Process(target=claim_all, args=(database_url, f"d{i}", out), kwargs=limits)
+               for i in range(processes)]
+    for worker in workers:
+        worker.start()
+    claimed, finished = [], 0
+    while finished < processes:
+        item = out.get(timeout=120)
+        finished += item is None
+        if item is not None:
+            claimed.append(item)
+    for worker in workers:
+        worker.join(timeout=30)
+    return claimed
 
 
 def test_four_dispatcher_processes_claim_each_of_200_jobs_exactly_once(sessions, database_url):
     if not database_url.startswith("postgresql"):
         pytest.skip("concurrent dispatchers are a PostgreSQL deployment")
-    import multiprocessing
     from services.models import Job
     with sessions() as session:  # 200 trivially small jobs, inserted directly
         session.add_all([Job(name=f"job-{i}", spec=small_job(), status=JobStatus.QUEUED,
                              cancel_requested=False) for i in range(200)])
         session.commit()
-    context = multiprocessing.get_context("spawn")
-    out = context.Queue()
-    processes = [context.Process(target=claim_all, args=(database_url, f"d{i}", out)) for i in range(4)]
-    for process in processes:
-        process.start()
-    claimed, finished = [], 0
-    while finished < 4:
-        item = out.get(timeout=120)
-        finished += item is None
-        if item is not None:
-            claimed.append(item)
-    for process in processes:
-        process.join(timeout=30)
+    claimed = claimed_by_processes(database_url, 4)
     assert len(claimed) == 200 and len(set(claimed)) == 200
     with sessions() as session:
         assert {j.status for j in session.scalars(select(Job))} == {JobStatus.RUNNING}
@@ -157,3 +163,47 @@ def test_finished_folds_free_their_room_and_a_put_back_job_waits_its_turn(sessio
         session.commit()
         assert claim_next_job(session, dispatcher_id="d", max_running_folds=3).id == second
         assert claim_next_job(session, dispatcher_id="d", max_running_folds=3) is None  # first waits
+
+
+def test_dispatcher_processes_claiming_at_once_do_not_pass_an_owners_running_fold_limit(sessions, database_url):
+    """Four dispatchers, one owner's 3-fold jobs and a limit of 9 running folds: three jobs
+    start between them, not one each on the same count."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("concurrent dispatchers are a PostgreSQL deployment")
+    with sessions() as session:
+        [store_job(session, small_job(name=f"job-{i}"), owner="o") for i in range(24)]
+    assert len(claimed_by_processes(database_url, 4, max_running_folds=9)) == 3
+
+
+def test_a_claim_counts_the_folds_of_a_claim_made_while_it_counted(sessions, database_url):
+    """The race itself, made certain: dispatcher A has counted the owner's running folds
+    (none) and picked a job, and waits a second before committing; B claims meanwhile.
+    B must wait for A and count its job, so the limit of 3 folds admits one 3-fold job."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("concurrent dispatchers are a PostgreSQL deployment")
+    import time
+
+    from sqlalchemy import event
+    with sessions() as session:
+        [store_job(session, small_job(name=f"job-{i}"), owner="o") for i in range(2)]
+        engine = session.get_bind()
+    claimed: dict[str, object] = {}
+
+    def pause_a(conn, cursor, statement, *args):
+        if threading.current_thread().name == "A" and "FOR UPDATE" in statement:
+            time.sleep(1.0)  # A holds its count and its pick, not yet committed
+
+    def claim(name: str) -> None:
+        with sessions() as session:
+            claimed[name] = claim_next_job(session, dispatcher_id=name, max_running_folds=3)
+
+    event.listen(engine, "after_cursor_execute", pause_a)
+    try:
+        a = threading.Thread(target=claim, args=("A",), name="A")
+        a.start()
+        time.sleep(0.3)
+        claim("B")
+        a.join()
+    finally:
+        event.remove(engine, "after_cursor_execute", pause_a)
+    assert claimed["A"] is not None and claimed["B"] is None

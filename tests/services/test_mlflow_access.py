@@ -76,29 +76,86 @@ def test_nobody_anonymous_can_list_runs_or_overwrite_a_checkpoint(mlflow_server,
 def test_a_deleted_experiment_is_restored_for_the_next_job(tracker):
     experiment, _, _ = job_with_checkpoint(tracker, "alice", "deleted-later")
     tracker.client.delete_experiment(experiment)
-    again, parent, _ = tracker.start_job(job_id="next", name="deleted-later", owner="alice", params={}, n_folds=1)
+    again, parent, _ = tracker.start_job(job_id="next", name="deleted-later", owner="alice", params={}, n_folds=1,
+                                         experiment=experiment)  # as the dispatcher recorded it
     assert again == experiment and tracker.client.get_experiment(again).lifecycle_stage == "active"
     assert tracker.client.get_run(parent).info.experiment_id == experiment
 
 
-def test_a_new_key_is_the_owners_mlflow_password(mlflow_server, tracker, tmp_path, monkeypatch, capsys):
-    """`crossfold keys create`, run where the dispatcher runs (database and MLflow admin)."""
+@pytest.fixture
+def cli(mlflow_server, tmp_path, monkeypatch, capsys):
+    """`crossfold keys ...`, run where the dispatcher runs (the database and MLflow's admin);
+    returns (exit code, stdout, stderr)."""
     from api.cli import main
     from services.settings import get_settings
     monkeypatch.setenv("CROSSFOLD_DATABASE_URL", f"sqlite:///{tmp_path / 'crossfold.db'}")
     monkeypatch.setenv("CROSSFOLD_MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.setenv("CROSSFOLD_MLFLOW_AUTH", "true")
-    get_settings.cache_clear()
-    try:
-        assert main(["keys", "create", "--owner", "carol"]) == 0
-    finally:
+
+    def run(*args: str) -> tuple[int, str, str]:
         get_settings.cache_clear()
-    key = capsys.readouterr().out.strip()
+        try:
+            code = main(list(args))
+        finally:
+            get_settings.cache_clear()
+        out = capsys.readouterr()
+        return code, out.out, out.err
+    return run
+
+
+def experiments_seen(url: str, login: tuple[str, str]) -> requests.Response:
+    return requests.get(f"{url}/api/2.0/mlflow/experiments/search?max_results=100", auth=login, timeout=30)
+
+
+def test_a_new_key_is_the_owners_mlflow_password(mlflow_server, tracker, cli):
+    code, out, _ = cli("keys", "create", "--owner", "carol")
+    key = out.strip()
     experiment, _, _ = job_with_checkpoint(tracker, "carol", "carols-job")
-    search = requests.get(f"{mlflow_server}/api/2.0/mlflow/experiments/search?max_results=10",
-                          auth=("carol", key), timeout=30)
-    assert search.status_code == 200
+    search = experiments_seen(mlflow_server, ("carol", key))
+    assert code == 0 and search.status_code == 200
     assert [e["experiment_id"] for e in search.json()["experiments"]] == [experiment]
-    wrong = requests.get(f"{mlflow_server}/api/2.0/mlflow/experiments/search?max_results=10",
-                         auth=("carol", key + "x"), timeout=30)
-    assert wrong.status_code == 401
+    assert experiments_seen(mlflow_server, ("carol", key + "x")).status_code == 401
+
+
+def test_a_revoked_or_expired_key_no_longer_logs_in_to_mlflow(mlflow_server, tracker, cli, tmp_path):
+    from sqlalchemy import update
+
+    from services.database import make_engine, session_factory
+    from services.mlflow_logins import retire_refused_logins
+    from services.models import ApiKey
+    _, first, err = cli("keys", "create", "--owner", "dave")
+    key_id = err.split("API key ")[1].split()[0]
+    assert experiments_seen(mlflow_server, ("dave", first.strip())).status_code == 200
+    assert cli("keys", "revoke", key_id)[0] == 0
+    assert experiments_seen(mlflow_server, ("dave", first.strip())).status_code == 401
+    _, second, _ = cli("keys", "create", "--owner", "dave")
+    assert experiments_seen(mlflow_server, ("dave", second.strip())).status_code == 200
+    engine = make_engine(f"sqlite:///{tmp_path / 'crossfold.db'}")
+    with session_factory(engine)() as session:  # it expires: the dispatcher's sweep sees to MLflow
+        session.execute(update(ApiKey).where(ApiKey.owner == "dave", ApiKey.revoked.is_(False))
+                        .values(expires_at=ApiKey.created_at))
+        session.commit()
+        assert retire_refused_logins(session, tracker.access) == 1
+    assert experiments_seen(mlflow_server, ("dave", second.strip())).status_code == 401
+    engine.dispose()
+
+
+def test_no_owner_can_take_the_mlflow_admins_name(mlflow_server, tracker, cli):
+    code, out, err = cli("keys", "create", "--owner", "crossfold")
+    assert code == 2 and not out and "reserved" in err
+    assert experiments_seen(mlflow_server, ADMIN).status_code == 200  # its password unchanged
+
+
+def test_an_experiment_someone_else_made_under_an_owners_name_is_not_used(mlflow_server, tracker):
+    """Bob, a plain MLflow user, makes `alice/quarterly` first, to read what lands in it."""
+    made = requests.post(f"{mlflow_server}/api/2.0/mlflow/experiments/create", json={"name": "alice/quarterly"},
+                         auth=("bob", PASSWORDS["bob"]), timeout=30)
+    assert made.status_code == 200
+    experiment, _, run = job_with_checkpoint(tracker, "alice", "quarterly")
+    assert experiment != made.json()["experiment_id"]
+    assert tracker.client.get_experiment(experiment).name.startswith("alice/quarterly (")
+    assert api(mlflow_server, "bob", f"/api/2.0/mlflow/runs/get?run_id={run}").status_code == 403
+    assert api(mlflow_server, "alice", f"/api/2.0/mlflow/runs/get?run_id={run}").status_code == 200
+    again, _, _ = tracker.start_job(job_id="next", name="quarterly", owner="alice", params={}, n_folds=1,
+                                    experiment=experiment)  # the one crossfold recorded
+    assert again == experiment

@@ -26,6 +26,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('prefix', sa.String(length=16), nullable=True))
         batch_op.add_column(sa.Column('expires_at', sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column('last_used_at', sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('mlflow_login', sa.Boolean(), server_default=sa.false(), nullable=False))
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('start_attempts', sa.Integer(), server_default='0', nullable=False))
         batch_op.add_column(sa.Column('not_before', sa.DateTime(timezone=True), nullable=True))
@@ -36,6 +37,7 @@ def downgrade() -> None:
         batch_op.drop_column('not_before')
         batch_op.drop_column('start_attempts')
     with op.batch_alter_table('api_keys', schema=None) as batch_op:
+        batch_op.drop_column('mlflow_login')
         batch_op.drop_column('last_used_at')
         batch_op.drop_column('expires_at')
         batch_op.drop_column('prefix')
