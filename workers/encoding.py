@@ -99,3 +99,39 @@ def one_hot(values: np.ndarray, train_rows: np.ndarray) -> tuple[np.ndarray, dic
     columns[:, ~seen] = 0.0
     state = {"categories": categories, "seen": seen.tolist(), "impute": impute}
     return columns, state, int(missing.sum())
+
+
+def encode_with(features: dict[str, np.ndarray], encoding: Encoding) -> np.ndarray:
+    """Some rows' inputs (a row group's, when a fold streams its data) by an Encoding
+    already fitted: what fit_and_encode gives those rows, numbers first (in the features'
+    order), then each string column's one-hot block."""
+    numbers = [name for name in encoding.order if name in encoding.numbers]
+    parts = [numbers_with(features, numbers, encoding.numbers)] if numbers else []
+    parts += [one_hot_with(features[name], encoding.strings[name])
+              for name in encoding.order if name in encoding.strings]
+    return np.concatenate(parts, axis=1).astype(FEATURE_DTYPE)
+
+
+def numbers_with(features: dict[str, np.ndarray], names: list[str], how: dict[str, dict]) -> np.ndarray:
+    # float64 until the end: rounding to the inputs' dtype once, not at every step.
+    block = np.stack([np.asarray(features[name], dtype=np.float64) for name in names], axis=1)
+    impute, mean, std = (np.array([how[name][key] for name in names]) for key in ("impute", "mean", "std"))
+    block = np.where(np.isnan(block), impute, block)
+    return (block - mean) / std
+
+
+def one_hot_with(values: np.ndarray, how: dict) -> np.ndarray:
+    """A string column's block: a one at its category's column when the training rows saw
+    that category; zeros for an unseen or unknown one (and for a missing value when the
+    training rows had none to impute)."""
+    categories = np.array(how["categories"], dtype=object)
+    block = np.zeros((len(values), len(categories)), dtype=FEATURE_DTYPE)
+    filled = np.where(np.equal(values, None), how["impute"], values)
+    rows = np.flatnonzero(~np.equal(filled, None))
+    if not len(categories) or not len(rows):
+        return block
+    # The categories are sorted: a binary search finds where each value would be.
+    position = np.minimum(np.searchsorted(categories, filled[rows]), len(categories) - 1)
+    hit = (categories[position] == filled[rows]) & np.asarray(how["seen"], dtype=bool)[position]
+    block[rows[hit], position[hit]] = 1.0
+    return block
