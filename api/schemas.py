@@ -30,6 +30,7 @@ class FoldOut(BaseModel):
     worker: None = Field(None, description="not shown: where a fold ran (host:pid) is the service "
                                            "operators' to know (the database and the logs keep it); "
                                            "`attempts` tells the tries apart")
+    data_loading: str = Field(description="how its task read the data: memory or stream")
     mlflow_run_id: str | None
     mlflow_url: str | None
 
@@ -48,6 +49,8 @@ class JobOut(BaseModel):
     classes: list | None = Field(description="classification: the label's values, sorted; the model's "
                                              "class i is classes[i], in every per-class output")
     dataset_id: str | None = Field(description="the stored dataset it trains on (none: generated data)")
+    data_loading: str = Field(description="memory (each fold task holds the dataset) or stream (read a "
+                                          "row group at a time): the spec's data_loading, decided")
     summary: dict[str, float] | None
     folds: list[FoldOut]
     mlflow_experiment_id: str | None
@@ -68,24 +71,26 @@ def shown(value: str | None, public: Callable[[str], str]) -> str | None:
     return None if value is None else public(value)
 
 
-def fold_out(fold: Fold, experiment_id: str | None, ui_url: str) -> FoldOut:
+def fold_out(fold: Fold, experiment_id: str | None, ui_url: str, loading: str) -> FoldOut:
     return FoldOut(index=fold.index, status=fold.status, attempts=fold.attempts, epoch=fold.epoch,
                    train_loss=fold.train_loss, val_loss=fold.val_loss,
                    val_accuracy=fold.val_accuracy, best_epoch=fold.best_epoch,
                    best_val_loss=fold.best_val_loss, best_val_accuracy=fold.best_val_accuracy,
                    test_metrics=fold.test_metrics, error=shown(fold.error, public_message),
+                   data_loading=loading,
                    mlflow_run_id=fold.mlflow_run_id,
                    mlflow_url=mlflow_link(ui_url, experiment_id, fold.mlflow_run_id))
 
 
 def job_out(job: Job, ui_url: str) -> JobOut:
+    loading = (job.data or {}).get("loading", "memory")
     return JobOut(id=job.id, name=job.name, status=job.status,
                   cancel_requested=job.cancel_requested, created_at=job.created_at,
                   started_at=job.started_at, finished_at=job.finished_at,
                   error=shown(job.error, public_message),
                   spec=job.spec, classes=(job.data or {}).get("classes") or None,
-                  dataset_id=job.dataset_id, summary=job.summary,
-                  folds=[fold_out(f, job.mlflow_experiment_id, ui_url) for f in job.folds],
+                  dataset_id=job.dataset_id, data_loading=loading, summary=job.summary,
+                  folds=[fold_out(f, job.mlflow_experiment_id, ui_url, loading) for f in job.folds],
                   mlflow_experiment_id=job.mlflow_experiment_id, mlflow_run_id=job.mlflow_run_id,
                   mlflow_url=mlflow_link(ui_url, job.mlflow_experiment_id, job.mlflow_run_id),
                   mlflow_experiment_url=experiment_link(ui_url, job.mlflow_experiment_id))

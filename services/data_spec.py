@@ -22,9 +22,12 @@ BUNDLED_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
 # What a generated dataset takes, with its defaults; a bundled dataset takes none of it.
 GENERATED_DATASETS = {"synthetic": {"rows": 1000, "features": 20, "classes": 2, "seed": 0},
                       "synthetic_regression": {"rows": 1000, "features": 20, "seed": 0}}
-SIZES = {"rows": (30, 2_000_000), "features": (2, 1000), "classes": (2, 100), "seed": (0, 2**31 - 1)}
+SIZES = {"rows": (30, 100_000_000), "features": (2, 1000), "classes": (2, 100), "seed": (0, 2**31 - 1)}
 STORED_ONLY = ("drop", "task", "strata", "group", "missing")
-MAX_SYNTHETIC_CELLS = 50_000_000  # float32 cells of a generated dataset: 190 MiB
+# float32 cells of a generated dataset: 7.5 GiB. Above 50 M cells it is written in chunks
+# (services.datasets.write_generated); a job too large to hold is refused by the memory
+# estimate, or streamed (data_loading).
+MAX_SYNTHETIC_CELLS = 2_000_000_000
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 Column = Annotated[str, Field(min_length=1, max_length=200)]
 Columns = Annotated[list[Column], Field(max_length=10_000)]

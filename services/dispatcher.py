@@ -22,7 +22,7 @@ from services.cluster import Cluster
 from services.database import Reachability, unreachable
 from services.dataset_store import DatasetStore
 from services.job_data import JobData, resolve
-from services.job_inputs import source_of, split_plans
+from services.job_inputs import source_of, split_plans_cached
 from services.lifecycle import (adopt_orphaned_job, claim_next_job, hold_leases, move_fold, move_job, now,
                                 put_back, renew_leases)
 from services.mlflow_logins import retire_refused_logins
@@ -152,8 +152,9 @@ class Dispatcher:
         unfinished = [fold.index for fold in job.folds if fold.status not in FINISHED_FOLD]
         if unfinished and not job.cancel_requested and not active.cancelling:
             source = source_of(data, self.store)
-            plans = split_plans(data, source, spec.cv, unfinished)
-            self.active[job.id].tasks = self.cluster.submit(source, plans, spec.training_config(), job.id)
+            plans = split_plans_cached(data, source, spec.cv, unfinished, self.store)
+            config = spec.training_config(data_loading=data.loading)
+            self.active[job.id].tasks = self.cluster.submit(source, plans, config, job.id)
         log.info("job %s %s: %d folds to run", job.id, "adopted" if adopted else "started", len(unfinished))
 
     @staticmethod
@@ -454,7 +455,8 @@ def dataset_params(data: JobData) -> dict[str, str]:
     """What is true of a job's data, as flat `dataset.*` params beside the spec's: how many
     rows, feature columns (named in `dataset.feature_columns`), inputs once encoded and
     classes, the task, the stored file's digest."""
-    facts = {"dataset.name": data.name, "dataset.task": data.task, "dataset.rows": data.rows,
+    facts = {"dataset.loading": data.loading, "dataset.name": data.name, "dataset.task": data.task,
+             "dataset.rows": data.rows,
              "dataset.features": len(data.features), "dataset.feature_columns": ",".join(data.features),
              "dataset.inputs": data.input_width, "dataset.classes": len(data.classes) or None,
              "dataset.digest": data.digest}

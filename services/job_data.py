@@ -44,6 +44,7 @@ class JobData:
     digest: str | None = None
     uri: str | None = None
     generated: dict | None = None          # a generated dataset's spec: made by the dispatcher
+    loading: str = "memory"                # how the fold tasks read it: "memory" or "stream"
 
     def as_json(self) -> dict:
         return asdict(self)

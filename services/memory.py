@@ -6,7 +6,9 @@ node down) when it runs. The estimate counts float32 values, as the fold task ke
 - the optimizer's state: a velocity (momentum), a squared average (RMSprop), both (Adam);
 - activations of one training batch (`batch_size`, or every training row for "full"),
   kept for the backward pass, which then needs about as much again for their gradients;
-- the data: the dataset's encoded rows, once as loaded and once split into the folds.
+- the data: the dataset's encoded rows, once as loaded and once split into the folds; or,
+  streamed (workers.stream), the shuffle buffer and the row groups read ahead, and for
+  the full batch a row group's activations at a time.
 Packed folds hold every fold's model and batch in one task. It is an estimate (allocator
 slack and framework buffers come on top), meant to catch the orders of magnitude.
 """
@@ -20,6 +22,8 @@ from services.job_data import JobData
 from services.spec import JobSpec
 
 FLOAT = 4  # bytes
+STREAM_CHUNK_ROWS = 1_048_576  # rows of the largest row group a streamed fold reads at once
+READ_AHEAD_CHUNKS = 3  # row groups read ahead of training, plus the one in use
 LABEL = 8  # an int64 class or float target, rounded up
 OPTIMIZER_STATE = {"sgd": 0, "momentum": 1, "rmsprop": 1, "adam": 2}  # values per parameter
 BACKWARD = 2  # the saved activations, and as much again for their gradients
@@ -59,14 +63,18 @@ def estimate(spec: JobSpec, data: JobData) -> MemoryEstimate:
         parameters, per_row = cnn_sizes(spec.model, data.input_shape, outputs)
     else:
         parameters, per_row = mlp_sizes(spec.model, math.prod(data.input_shape), outputs)
+    streamed = data.loading == "stream"
     batch_rows = training_rows(data.rows, spec.cv.folds) if spec.batch_size == "full" else spec.batch_size
+    if streamed:  # the full batch is accumulated a row group at a time
+        batch_rows = min(batch_rows, STREAM_CHUNK_ROWS)
     models = spec.cv.folds if spec.pack_folds else 1
+    row_bytes = math.prod(data.input_shape) * FLOAT + LABEL
+    held_rows = spec.shuffle_buffer_rows + READ_AHEAD_CHUNKS * STREAM_CHUNK_ROWS if streamed else 2 * data.rows
     return MemoryEstimate(
         parameters=2 * parameters * FLOAT * models,
         optimizer=OPTIMIZER_STATE[spec.optimizer.name] * parameters * FLOAT * models,
         activations=BACKWARD * per_row * batch_rows * FLOAT * models,
-        data=2 * data.rows * (math.prod(data.input_shape) * FLOAT + LABEL),
-        batch_rows=batch_rows)
+        data=held_rows * row_bytes, batch_rows=batch_rows)
 
 
 def training_rows(rows: int, folds: int) -> int:
@@ -109,6 +117,15 @@ def cnn_sizes(model, shape: tuple[int, ...], outputs: int) -> tuple[int, int]:
         depth = size
     dense_parameters, dense_per_row = mlp_sizes(model, depth * height * width, outputs)
     return parameters + dense_parameters, per_row + dense_per_row
+
+
+def loading_of(spec: JobSpec, data: JobData, stream_above_bytes: int) -> str:
+    """How the fold tasks read the data: as the job says, or for "auto", streamed when its
+    encoded features would pass `stream_above_bytes` (CROSSFOLD_STREAM_ABOVE_BYTES)."""
+    if spec.data_loading != "auto":
+        return spec.data_loading
+    encoded = data.rows * math.prod(data.input_shape) * FLOAT
+    return "stream" if encoded > stream_above_bytes and not spec.pack_folds else "memory"
 
 
 def check_memory(spec: JobSpec, data: JobData, limit: int) -> MemoryEstimate:

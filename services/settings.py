@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # A job whose fold would need more memory than this (services.memory's estimate) is
     # refused at submission: GPU nodes are shared, and an oversized fold fails them all.
     max_fold_memory_bytes: int = Field(8 * 2**30, ge=2**20)
+    # data_loading "auto" streams a dataset whose encoded features would take more than
+    # this: a fold task then holds a shuffle buffer and a few row groups, not the dataset.
+    stream_above_bytes: int = Field(2**30, ge=0)
     # Per-owner limits (services.quotas); the administrator may set an owner's own with
     # `crossfold keys limits`.
     max_queued_jobs: int = Field(100, ge=1)

@@ -173,6 +173,14 @@ class JobSpec(StrictModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     loss_ewma_beta: Beta = Field(0.9, description="β of the logged average of the training loss")
     pack_folds: bool = Field(False, description="train all folds in one task as one stacked model")
+    data_loading: Literal["memory", "stream", "auto"] = Field(
+        "auto", description="memory: each fold task holds the whole dataset; stream: it reads the "
+                            "Parquet file a row group at a time, memory bounded by the shuffle "
+                            "buffer; auto: stream when the encoded features would pass "
+                            "CROSSFOLD_STREAM_ABOVE_BYTES")
+    shuffle_buffer_rows: integer(ge=1_000, le=10_000_000) = Field(
+        65_536, description="streaming: rows mixed at once; an epoch's order is a buffered shuffle, "
+                            "not a full permutation")
     max_runtime_s: integer(ge=1, le=30 * 86400) | None = Field(
         None, description="wall-clock seconds from its start after which the job's folds are "
                           "cancelled and it fails; at most your limit, which is the default")
@@ -189,15 +197,24 @@ class JobSpec(StrictModel):
             return value
         raise ValueError(f'must be an integer from 1 to {MAX_BATCH_SIZE:,} or "full"')
 
-    def training_config(self) -> TrainingConfig:
-        """What the fold tasks are told: this spec, typed and with its defaults filled in."""
+    def training_config(self, data_loading: str = "memory") -> TrainingConfig:
+        """What the fold tasks are told: this spec, typed and with its defaults filled in,
+        and how they read their data (decided with the data: services.memory.loading_of)."""
         return TrainingConfig(
             model=self.model.config(), optimizer=self.optimizer.config(),
             batch_size=None if self.batch_size == "full" else self.batch_size,
             max_epochs=self.max_epochs, early_stopping=self.early_stopping.config(),
             seed=self.cv.seed, loss_ewma_beta=self.loss_ewma_beta,
             checkpoint_interval_s=self.checkpoint_interval_s, pack_folds=self.pack_folds,
-            resources=self.resources.config())
+            resources=self.resources.config(), data_loading=data_loading,
+            shuffle_buffer_rows=self.shuffle_buffer_rows)
+
+    @model_validator(mode="after")
+    def _packing_holds_the_data(self):
+        if self.pack_folds and self.data_loading == "stream":
+            raise ValueError("pack_folds trains from data held in memory: use data_loading "
+                             "\"memory\" (or \"auto\") with it")
+        return self
 
     @model_validator(mode="after")
     def _batch_norm_needs_two_samples(self):

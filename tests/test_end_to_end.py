@@ -166,3 +166,26 @@ def test_an_uploaded_csv_trains_and_its_exported_model_predicts_raw_rows(stack, 
     assert (predicted == frame["species"].to_numpy()).mean() > 0.8
     inputs = {c.name for c in model.metadata.get_input_schema().inputs}
     assert inputs == {"age", "city", "member", "sex"}
+
+
+def test_a_streamed_job_uses_the_folds_of_the_same_job_in_memory_and_learns_as_much(stack):
+    """One generated dataset, the same job read two ways: the fold tasks of the second
+    read its Parquet file a row group at a time (workers.stream). Both use the one fold
+    map kept beside the dataset; the buffered shuffle and other dropout masks move the
+    metrics a little, not the folds."""
+    http, tracker = stack
+    store = tracker.artifacts_dir.parent / "datasets"  # the service's data folder holds both
+    maps_before = set(store.glob("foldmap-*.parquet"))
+    spec = small_job(name="loading", dataset={"name": "synthetic", "rows": 3000, "features": 10, "classes": 3},
+                     max_epochs=6)
+    jobs = {loading: wait_until_finished(http, http.post("/jobs", json={**spec, "data_loading": loading}).json()["id"])
+            for loading in ("memory", "stream")}
+    for loading, job in jobs.items():
+        assert job["status"] == "succeeded", job["error"]
+        assert job["data_loading"] == loading and {f["data_loading"] for f in job["folds"]} == {loading}
+        assert tracker.client.get_run(job["mlflow_run_id"]).data.params["dataset.loading"] == loading
+    for memory, streamed in zip(jobs["memory"]["folds"], jobs["stream"]["folds"]):
+        assert memory["test_metrics"]["accuracy"] > 0.7
+        assert abs(memory["test_metrics"]["accuracy"] - streamed["test_metrics"]["accuracy"]) < 0.06
+    # One fold map for both, computed once from the label and kept beside the dataset.
+    assert len(set(store.glob("foldmap-*.parquet")) - maps_before) == 1

@@ -377,7 +377,11 @@ GPU_MACHINE_HAS = set(sys.stdlib_module_names) | {"__future__", "torch", "numpy"
 
 # Reading Parquet needs pyarrow, which the GPU machine lacks: workers/table.py imports it
 # inside read_table only, and the tests that need it skip without it.
-LAZY_PYARROW = {ROOT / "workers" / "table.py", ROOT / "tests" / "workers" / "test_task.py"}
+# Read Parquet, importing pyarrow inside functions (or skipping without it): the GPU
+# machine's worker tests run without it, and streaming (workers.stream) needs it.
+LAZY_PYARROW = {ROOT / "workers" / "table.py", ROOT / "workers" / "stream" / "source.py",
+                *(ROOT / "tests" / "workers" / name for name in ("test_task.py", "test_stream_fold.py",
+                                                                "test_stream_stats.py", "test_stream_batches.py"))}
 
 
 def test_the_gpu_check_imports_only_what_the_gpu_machine_has():

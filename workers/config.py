@@ -88,6 +88,8 @@ class TrainingConfig:
     checkpoint_interval_s: float
     pack_folds: bool
     resources: ResourcesConfig
+    data_loading: Literal["memory", "stream"]  # stream: read a row group at a time (workers.stream)
+    shuffle_buffer_rows: int     # streaming: rows mixed at once (a buffered shuffle)
 
     def fold_seed(self, index: int) -> int:
         return self.seed * 1000 + index

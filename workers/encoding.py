@@ -22,7 +22,9 @@ FEATURE_DTYPE = np.float32  # what models train in; tests switch to float64 for 
 
 def standardize(x: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
     """Scale with the training rows' statistics only, so that nothing about the
-    validation or test rows leaks into training."""
+    validation or test rows leaks into training. The statistics in float64: in float32 a
+    column far from zero (1e6 + noise) loses its deviation to rounding."""
+    x = x.astype(np.float64)
     mean = x[train_rows].mean(axis=0)
     std = x[train_rows].std(axis=0)
     std = np.where(std == 0, 1.0, std)  # constant features (digits' blank pixels) stay at zero
@@ -69,13 +71,13 @@ def fit_and_encode(features: dict[str, np.ndarray], train_rows: np.ndarray) -> t
 
 
 def encode_numbers(numbers: dict[str, np.ndarray], train_rows: np.ndarray, encoding: Encoding) -> np.ndarray:
-    block = np.stack(list(numbers.values()), axis=1).astype(FEATURE_DTYPE)
+    block = np.stack(list(numbers.values()), axis=1).astype(np.float64)  # statistics in float64
     missing = np.isnan(block)
     # Per column, the training rows' mean: what fills a missing value, here or in an
     # exported model's rows.
     impute = np.nanmean(block[train_rows], axis=0) if missing.any() else block[train_rows].mean(axis=0)
     if missing.any():
-        block = np.where(missing, impute, block).astype(FEATURE_DTYPE)
+        block = np.where(missing, impute, block)
         encoding.imputed += int(missing.sum())
     mean, std = block[train_rows].mean(axis=0), block[train_rows].std(axis=0)
     for i, name in enumerate(numbers):

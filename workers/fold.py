@@ -47,7 +47,7 @@ def prepare(table: Table, info: DataInfo, train_rows: np.ndarray) -> Prepared:
         y = np.searchsorted(np.asarray(info.classes), table.label) if info.classes else table.label
         return Prepared(x, y.astype(np.int64), Classification(info.n_classes),
                         {**preprocessing, "classes": list(info.classes)})
-    target = table.label.astype(encoding.FEATURE_DTYPE)
+    target = table.label.astype(np.float64)  # statistics in float64, as the features'
     scale = float(target[train_rows].std()) or 1.0
     preprocessing["target"] = {"mean": float(target[train_rows].mean()), "std": scale}
     return Prepared(x, standardize(target, train_rows), Regression(target_scale=scale), preprocessing)

@@ -57,7 +57,6 @@ def run_task(source: TableSource, plans: list[FoldPlan], config: TrainingConfig,
     The task reads its own data: only the columns its job uses."""
     if not config.pack_folds and len(plans) != 1:
         raise ValueError(f"an unpacked task trains one fold, not {len(plans)}")
-    table = read_table(source.uri, list(source.features), source.label)
     device = use_task_resources(config, gpu_assigned)
     key = PACK if config.pack_folds else plans[0].index  # where its checkpoints go
     resume_from = board.checkpoint(key)  # set when this is a retry
@@ -71,10 +70,25 @@ def run_task(source: TableSource, plans: list[FoldPlan], config: TrainingConfig,
 
     callbacks = Callbacks(report, lambda snapshot: board.save_checkpoint(key, snapshot),
                           config.checkpoint_interval_s)
-    results = train_folds(table, source.info, plans, config, device=device, callbacks=callbacks,
-                          resume_from=resume_from)
+    if config.data_loading == "stream":
+        results = [train_streamed(source, plans[0], config, device=device, callbacks=callbacks,
+                                  resume_from=resume_from)]
+    else:
+        table = read_table(source.uri, list(source.features), source.label)
+        results = train_folds(table, source.info, plans, config, device=device, callbacks=callbacks,
+                              resume_from=resume_from)
     board.flush()  # the dispatcher then sees every epoch before it sees the result
     return results
+
+
+def train_streamed(source: TableSource, plan: FoldPlan, config: TrainingConfig, *, device: torch.device,
+                   callbacks: Callbacks | None = None, resume_from: bytes | None = None) -> FoldResult:
+    """One fold read from its Parquet file a row group at a time (workers.stream)."""
+    from workers.stream.fold import run_streamed_fold
+    from workers.stream.source import ParquetSource
+    parquet = ParquetSource(source.uri, list(source.features), source.label)
+    return run_streamed_fold(parquet, source.info, plan, config, device=device, callbacks=callbacks,
+                             resume_from=resume_from, buffer_rows=config.shuffle_buffer_rows)
 
 
 def train_folds(table: Table, info: DataInfo, plans: list[FoldPlan], config: TrainingConfig, *,

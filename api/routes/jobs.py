@@ -7,6 +7,7 @@ worker thread can be waiting for a connection: a deadlock until the pool times o
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 import anyio
@@ -19,7 +20,7 @@ from api.deps import OwnerDep, SessionDep, SettingsDep
 from api.schemas import JobOut, JobPage, job_out
 from services import jobs
 from services.job_data import GENERATED, JobData, resolve
-from services.memory import check_memory
+from services.memory import check_memory, loading_of
 from services.spec import JobSpec
 from services.submissions import prepare
 from services.states import JobStatus
@@ -41,6 +42,7 @@ IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, desc
 async def submit_job(spec: JobSpec, request: Request, settings: SettingsDep, owner: OwnerDep,
                      idempotency_key: IdempotencyKey = None) -> JSONResponse:
     data = await resolve_data(request, spec, owner)
+    data = replace(data, loading=loading_of(spec, data, settings.stream_above_bytes))
     check_memory(spec, data, settings.max_fold_memory_bytes)
     # Stored together with whatever else is being submitted (api/batching.py).
     job, created = await batcher_for(request.app).submit(prepare(spec, data, owner, idempotency_key))

@@ -44,8 +44,8 @@ def error_fields(response) -> list[str]:
     ({"optimizer": {"name": "sgd", "lr": 1e9}}, "optimizer.sgd.lr", "less than or equal to 10"),
     ({"optimizer": {"name": "adam", "lr": 0.01, "beta2": -0.1}}, "optimizer.adam.beta2", "greater than or equal to 0"),
     ({"cv": {"folds": 3, "shuffle": True}}, "cv.shuffle", "Extra inputs are not permitted"),
-    ({"dataset": {"name": "synthetic", "rows": 2_000_000, "features": 1000}}, "dataset",
-     "rows × features must be at most 50,000,000"),
+    ({"dataset": {"name": "synthetic", "rows": 20_000_000, "features": 1000}}, "dataset",
+     "rows × features must be at most 2,000,000,000"),
     ({"resources": {"cpus_per_fold": 0}}, "resources.cpus_per_fold", "greater than 0"),
     ({"loss_ewma_beta": 1.5}, "loss_ewma_beta", "less than 1"),
 ])

@@ -75,7 +75,7 @@ def test_the_schema_says_a_dataset_is_a_name_or_an_object_with_what_it_takes():
     assert "digits" in bundled["properties"]["name"]["enum"]
     assert set(synthetic["properties"]) == {"name", "rows", "features", "classes", "seed"}
     assert set(regression["properties"]) == {"name", "rows", "features", "seed"}
-    assert synthetic["properties"]["rows"] == {"type": "integer", "minimum": 30, "maximum": 2_000_000,
+    assert synthetic["properties"]["rows"] == {"type": "integer", "minimum": 30, "maximum": 100_000_000,
                                                "default": 1000}
     assert stored["required"] == ["label"] and stored["oneOf"] == [{"required": ["id"]}, {"required": ["name"]}]
     assert {"features", "drop", "strata", "group", "task", "missing"} <= set(stored["properties"])
@@ -105,7 +105,7 @@ def test_a_stored_dataset_is_named_with_its_label_and_gets_its_defaults():
     ({"id": "abc", "label": "y", "features": 5}, ("dataset", "features"), "list of feature columns"),
     ({"id": "abc", "label": "y", "strata": ["a", "a"]}, ("dataset", "strata"), "names a column twice"),
     ({"id": "abc", "label": "y", "missing": "median"}, ("dataset", "missing"), "'refuse' or 'mean'"),
-    ({"name": "synthetic", "rows": 10}, ("dataset", "rows"), "from 30 to 2,000,000"),
+    ({"name": "synthetic", "rows": 10}, ("dataset", "rows"), "from 30 to 100,000,000"),
 ])
 def test_a_dataset_section_that_breaks_a_rule_names_the_field(dataset, where, rule):
     with pytest.raises(ValidationError) as refused:

@@ -55,7 +55,8 @@ def training(**changes) -> TrainingConfig:
                           optimizer=optimizer("adam", lr=0.01), batch_size=16, max_epochs=20,
                           early_stopping=stopping(patience=5), seed=0, loss_ewma_beta=0.9,
                           checkpoint_interval_s=10.0, pack_folds=False,
-                          resources=ResourcesConfig(cpus_per_fold=1, gpus_per_fold=0))
+                          resources=ResourcesConfig(cpus_per_fold=1, gpus_per_fold=0),
+                          data_loading="memory", shuffle_buffer_rows=65_536)
     return replace(base, **changes)
 
 
