@@ -168,11 +168,13 @@ def test_an_uploaded_csv_trains_and_its_exported_model_predicts_raw_rows(stack, 
     assert inputs == {"age", "city", "member", "sex"}
 
 
-def test_a_streamed_job_uses_the_folds_of_the_same_job_in_memory_and_learns_as_much(stack):
+def test_a_streamed_job_uses_the_folds_of_the_same_job_in_memory_and_learns_as_much(stack, request):
     """One generated dataset, the same job read two ways: the fold tasks of the second
     read its Parquet file a row group at a time (workers.stream). Both use the one fold
     map kept beside the dataset; the buffered shuffle and other dropout masks move the
     metrics a little, not the folds."""
+    if request.node.callspec.params["stack"] == "postgresql":
+        pytest.skip("run once: how the fold tasks read their data does not depend on the database")
     http, tracker = stack
     store = tracker.artifacts_dir.parent / "datasets"  # the service's data folder holds both
     maps_before = set(store.glob("foldmap-*.parquet"))

@@ -134,9 +134,11 @@ def test_a_job_past_its_max_runtime_is_stopped_and_fails_saying_why(ray_session,
 
 
 def test_mlflow_down_when_jobs_start_puts_them_back_and_they_run_once_it_is_up(
-        ray_session, tmp_path, sessions, store, monkeypatch):
+        ray_session, tmp_path, sessions, store, monkeypatch, database_url):
     """Connection refused is a passing error: the queued jobs wait with a backoff instead
     of failing one after another, and run once MLflow answers."""
+    if database_url.startswith("postgresql"):
+        pytest.skip("run once: MLflow is what fails here, not the database (a server start costs 15 s)")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own retries take minutes
     port = free_port()
     with sessions() as session:

@@ -165,16 +165,6 @@ def test_finished_folds_free_their_room_and_a_put_back_job_waits_its_turn(sessio
         assert claim_next_job(session, dispatcher_id="d", max_running_folds=3) is None  # first waits
 
 
-def test_dispatcher_processes_claiming_at_once_do_not_pass_an_owners_running_fold_limit(sessions, database_url):
-    """Four dispatchers, one owner's 3-fold jobs and a limit of 9 running folds: three jobs
-    start between them, not one each on the same count."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("concurrent dispatchers are a PostgreSQL deployment")
-    with sessions() as session:
-        [store_job(session, small_job(name=f"job-{i}"), owner="o") for i in range(24)]
-    assert len(claimed_by_processes(database_url, 4, max_running_folds=9)) == 3
-
-
 def test_a_claim_counts_the_folds_of_a_claim_made_while_it_counted(sessions, database_url):
     """The race itself, made certain: dispatcher A has counted the owner's running folds
     (none) and picked a job, and waits a second before committing; B claims meanwhile.
