@@ -114,9 +114,10 @@ def admit(session: Session, submissions: list[Submission], defaults: Limits) -> 
     not new); job id → why it is refused. On PostgreSQL each owner's submissions are
     checked under a lock of that owner, so that API processes storing batches at the
     same time cannot together pass a limit."""
+    stored = stored_keys(session, submissions)
     new: dict[str, list[Submission]] = {}
     for submission in submissions:
-        if submission.key is None or find_by_key(session, submission.owner, submission.key) is None:
+        if (submission.owner, submission.key) not in stored:
             new.setdefault(submission.owner, []).append(submission)
     refused: dict[str, Exception] = {}
     for owner in sorted(new):  # locks taken in one order: no deadlock between processes
@@ -132,6 +133,18 @@ def admit(session: Session, submissions: list[Submission], defaults: Limits) -> 
             except (InvalidJob, QuotaExceeded) as error:
                 refused[submission.job.id] = error
     return refused
+
+
+def stored_keys(session: Session, submissions: list[Submission]) -> set[tuple[str, str]]:
+    """(owner, Idempotency-Key) of the batch's keys that a stored job already holds: one
+    query per owner, not one per submission."""
+    keys: dict[str, set[str]] = {}
+    for submission in submissions:
+        if submission.key is not None:
+            keys.setdefault(submission.owner, set()).add(submission.key)
+    return {(owner, key) for owner, owner_keys in keys.items()
+            for key in session.scalars(select(Job.idempotency_key).where(
+                Job.owner == owner, Job.idempotency_key.in_(owner_keys)))}
 
 
 def insert_jobs(session: Session, jobs: list[Job]) -> set[str]:
