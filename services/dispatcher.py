@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import pyarrow.fs as pafs
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -141,6 +142,7 @@ class Dispatcher:
         """Submit the folds of a newly claimed job, or the unfinished folds of an adopted one."""
         spec = JobSpec.model_validate(job.spec)
         data = self.data_of(session, job, spec)
+        check_stored_file(data)
         if adopted:
             self.reset_interrupted_folds(session, job)
         if job.mlflow_run_id is None:  # new, or adopted from a dispatcher that died before
@@ -435,6 +437,21 @@ class Dispatcher:
 
 def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+class MissingData(RuntimeError):
+    """A job's stored dataset file is gone (removed from the store while the job waited)."""
+
+
+def check_stored_file(data: JobData) -> None:
+    """Before anything is made for the job (MLflow runs, tasks): its dataset's file must be
+    there, or the job fails saying so, rather than with a file system's error midway."""
+    if data.uri is None:
+        return  # generated: made by the dispatcher when needed
+    filesystem, path = pafs.FileSystem.from_uri(data.uri)
+    if filesystem.get_file_info(path).type != pafs.FileType.File:
+        raise MissingData(f"the file of dataset {data.name!r} is missing from the dataset store; "
+                          "upload the data again and resubmit")
 
 
 def record_best(fold: Fold, epoch: int, metrics: dict[str, float]) -> None:

@@ -49,7 +49,8 @@ def check_mlflow(client, job: dict) -> None:
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     # What is true of iris, and nothing that is not (no generated-size seed).
     facts = {k: v for k, v in parent.data.params.items() if k.startswith("dataset.")}
-    assert facts == {"dataset.name": "iris", "dataset.task": "classification", "dataset.rows": "150",
+    assert facts == {"dataset.loading": "memory", "dataset.name": "iris", "dataset.task": "classification",
+                     "dataset.rows": "150",
                      "dataset.features": "4", "dataset.classes": "3", "dataset.inputs": "4",
                      "dataset.digest": facts["dataset.digest"], "dataset.feature_columns":
                      "sepal length (cm),sepal width (cm),petal length (cm),petal width (cm)"}

@@ -278,3 +278,57 @@ def test_runs_made_before_a_start_failed_are_closed_and_the_retry_makes_its_own(
         by_status.setdefault(run.info.status, set()).add(run.info.run_id)
     assert len(by_status["FAILED"]) == 4 and "RUNNING" not in by_status  # the first try's parent and 3 folds
     assert job.mlflow_run_id in by_status["FINISHED"] and job.start_attempts == 1
+
+
+CSV = "species,age,city\n" + "".join(f"{['cat', 'dog', 'bird'][i % 3]},{20 + i % 7 + (i % 3) * 9},"
+                                     f"{['Paris', 'Lyon'][i % 2]}\n" for i in range(90))
+
+
+def queued_on_an_upload(client, **job) -> tuple[str, str]:
+    """A streamed job on an uploaded CSV, queued through the API: (dataset id, job id)."""
+    dataset = client.post("/datasets", files={"file": ("pets.csv", CSV.encode())}).json()["id"]
+    spec = small_job(dataset={"id": dataset, "label": "species"}, data_loading="stream", max_epochs=3, **job)
+    answer = client.post("/jobs", json=spec)
+    assert answer.status_code == 201, answer.text
+    return dataset, answer.json()["id"]
+
+
+def run_to_the_end(dispatcher, sessions, job_id):
+    def ended():
+        dispatcher.tick()
+        with sessions() as session:
+            return jobs.get_job(session=session, job_id=job_id).status.value in ("succeeded", "failed")
+    wait_for(ended, 120)
+    with sessions() as session:
+        return jobs.get_job(session=session, job_id=job_id)
+
+
+def test_a_dataset_file_removed_while_its_job_waits_fails_the_job_saying_so(
+        ray_session, tmp_path, sessions, store, client):
+    dataset, job_id = queued_on_an_upload(client)
+    store.delete(dataset)
+    tracker = Tracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifacts_dir=tmp_path / "art")
+    job = run_to_the_end(Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker, store=store,
+                                    max_active_jobs=1), sessions, job_id)
+    assert job.status is JobStatus.FAILED and "missing from the dataset store" in job.error
+    assert job.mlflow_run_id is None and {f.status.value for f in job.folds} == {"cancelled"}
+    assert not tracker.client.search_experiments(filter_string="name LIKE 'local/%'")  # nothing made
+
+
+def test_a_stored_file_whose_column_changed_type_fails_each_fold_clearly_and_keeps_nothing(
+        ray_session, tmp_path, sessions, store, client):
+    """The file no longer matches what the job was checked against: `age` now holds text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    dataset, job_id = queued_on_an_upload(client)
+    changed = pq.read_table(store.uri_of(dataset).removeprefix("file://"))
+    changed = changed.set_column(1, "age", pa.array([f"age {v}" for v in changed.column("age").to_pylist()]))
+    pq.write_table(changed, store.uri_of(dataset).removeprefix("file://"))
+    tracker = Tracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifacts_dir=tmp_path / "art")
+    job = run_to_the_end(Dispatcher(sessions=sessions, cluster=Cluster(), tracker=tracker, store=store,
+                                    max_active_jobs=1), sessions, job_id)
+    assert job.status is JobStatus.FAILED
+    for fold in job.folds:
+        assert fold.status.value == "failed" and "the job expected" in fold.error, fold.error
+        run = tracker.client.get_run(fold.mlflow_run_id)
+        assert run.info.status == "FAILED" and not tracker.client.list_artifacts(fold.mlflow_run_id)

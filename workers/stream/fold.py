@@ -85,6 +85,7 @@ def run_streamed_fold(source: ParquetSource, info: DataInfo, plan: FoldPlan, con
     torch.manual_seed(seed)  # same initial weights every time this fold runs
     rows = Rows.of(plan)
     encoding = fit_encoding(source, rows.train)
+    check_width(encoding, info)
     task, targets, preprocessing = target_of(source, rows.train, info)
     preprocessing = {**encoding.state(), "imputed": encoding.imputed, **preprocessing}
 
@@ -99,6 +100,14 @@ def run_streamed_fold(source: ParquetSource, info: DataInfo, plan: FoldPlan, con
                           seed=seed, device=device, callbacks=callbacks or Callbacks(),
                           resume_from=resume_from)
     return replace(result, preprocessing=preprocessing)
+
+
+def check_width(encoding, info: DataInfo) -> None:
+    """The file must still be what the job was checked against: a column that changed
+    type (numbers become strings) or gained categories changes the inputs' width."""
+    width = len(encoding.numbers) + sum(len(s["categories"]) for s in encoding.strings.values())
+    if width != int(np.prod(info.input_shape)):
+        raise ValueError(f"the data encode to {width} inputs; the job expected {info.input_shape}")
 
 
 def target_of(source: ParquetSource, train: np.ndarray, info: DataInfo):
