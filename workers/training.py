@@ -145,18 +145,32 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, *, index
     while not stopped and progress.epoch < max_epochs:
         progress.epoch += 1
         train_loss = train_one_epoch(model, optimizer, task, train, batch_size, progress.generator, graph)
-        # The epoch's single host synchronisation: training loss and validation sums together.
-        values = torch.cat([train_loss.reshape(1), evaluation_sums(model, task, val)]).tolist()
-        metrics = epoch_metrics(task, values[0], values[1:], len(val), progress.average)
         try:
-            check_finite(metrics, progress.epoch)
+            stopped = close_epoch(task, index, progress, callbacks, train_loss,
+                                  evaluation_sums(model, task, val), len(val))
         except TrainingDiverged as error:
             return FoldResult.failed(index, str(error), progress.epoch)
-        stopped = stopper.on_epoch_end(progress.epoch, metrics, model)
-        callbacks.epoch_ended(index, EpochReport(progress.epoch, metrics, stopper.best_epoch))
-        callbacks.after_epoch(progress)
     model.load_state_dict(stopper.best_state)
-    test_sums = evaluation_sums(model, task, test).tolist()
+    return tested(task, index, progress, evaluation_sums(model, task, test), len(test))
+
+
+def close_epoch(task: Task, index: int, progress: Progress, callbacks: Callbacks, train_loss: torch.Tensor,
+                val_sums: torch.Tensor, n_val: int) -> bool:
+    """The end of an epoch, wherever its batches came from: its metrics (TrainingDiverged
+    if a loss is not finite), early stopping's decision, the report and the checkpoint.
+    Whether training stops."""
+    # The epoch's single host synchronisation: training loss and validation sums together.
+    values = torch.cat([train_loss.reshape(1), val_sums]).tolist()
+    metrics = epoch_metrics(task, values[0], values[1:], n_val, progress.average)
+    check_finite(metrics, progress.epoch)
+    stopped = progress.stopper.on_epoch_end(progress.epoch, metrics, progress.model)
+    callbacks.epoch_ended(index, EpochReport(progress.epoch, metrics, progress.stopper.best_epoch))
+    callbacks.after_epoch(progress)
+    return stopped
+
+
+def tested(task: Task, index: int, progress: Progress, test_sums: torch.Tensor, n_test: int) -> FoldResult:
+    """The fold's result, once the best epoch's weights are back and tested."""
+    sums, stopper = test_sums.tolist(), progress.stopper
     return FoldResult(index, Ending.SUCCEEDED, stopper.best_epoch, progress.epoch, stopper.best_metrics,
-                      task.metrics(test_sums, len(test)), weights_bytes(stopper.best_state),
-                      task.confusion(test_sums))
+                      task.metrics(sums, n_test), weights_bytes(stopper.best_state), task.confusion(sums))

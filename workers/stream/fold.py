@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from workers.callbacks import Callbacks, EpochReport
-from workers.checkpointing import Progress, weights_bytes
+from workers.callbacks import Callbacks
+from workers.checkpointing import Progress
 from workers.config import TrainingConfig
 from workers.early_stopping import EarlyStopping
 from workers import encoding as encodings
@@ -32,13 +32,13 @@ from workers.encoding import encode_with
 from workers.models import build_model
 from workers.optimizers import build_optimizer
 from workers.plans import DataInfo, FoldPlan
-from workers.results import Ending, FoldResult
+from workers.results import FoldResult
 from workers.stream.batches import DEFAULT_BUFFER_ROWS, evaluation_chunks, to_device, training_batches
 from workers.stream.source import ParquetSource
 from workers.stream.stats import fit_encoding
 from workers.table import Table
 from workers.tasks import Classification, Regression
-from workers.training import LossAverage, TrainingDiverged, check_finite, epoch_metrics, has_batch_norm
+from workers.training import LossAverage, TrainingDiverged, close_epoch, has_batch_norm, tested
 
 Task = Classification | Regression
 Batches = Iterator[tuple[np.ndarray, np.ndarray]]
@@ -158,21 +158,14 @@ def fit_streamed(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
         # Drawn from the checkpointed generator: a resumed fold reads the same orders.
         epoch_seed = int(torch.randint(2**31 - 1, (1,), generator=progress.generator))
         train_loss = train_streamed_epoch(model, optimizer, task, data, config.batch_size, epoch_seed, device)
-        values = torch.cat([train_loss.reshape(1), streamed_sums(model, task, data.chunks(data.rows.val),
-                                                                device)]).tolist()
-        metrics = epoch_metrics(task, values[0], values[1:], int(data.rows.val.sum()), progress.average)
+        val_sums = streamed_sums(model, task, data.chunks(data.rows.val), device)
         try:
-            check_finite(metrics, progress.epoch)
+            stopped = close_epoch(task, index, progress, callbacks, train_loss, val_sums, int(data.rows.val.sum()))
         except TrainingDiverged as error:
             return FoldResult.failed(index, str(error), progress.epoch)
-        stopped = stopper.on_epoch_end(progress.epoch, metrics, model)
-        callbacks.epoch_ended(index, EpochReport(progress.epoch, metrics, stopper.best_epoch))
-        callbacks.after_epoch(progress)
     model.load_state_dict(stopper.best_state)
-    test_sums = streamed_sums(model, task, data.chunks(data.rows.test), device).tolist()
-    return FoldResult(index, Ending.SUCCEEDED, stopper.best_epoch, progress.epoch, stopper.best_metrics,
-                      task.metrics(test_sums, int(data.rows.test.sum())), weights_bytes(stopper.best_state),
-                      task.confusion(test_sums))
+    test_sums = streamed_sums(model, task, data.chunks(data.rows.test), device)
+    return tested(task, index, progress, test_sums, int(data.rows.test.sum()))
 
 
 def train_streamed_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, data: StreamedData,
