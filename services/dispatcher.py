@@ -15,7 +15,6 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import pyarrow.fs as pafs
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,13 +22,14 @@ from services.cluster import Cluster
 from services.database import Reachability, unreachable
 from services.dataset_store import DatasetStore
 from services.job_data import JobData, resolve
-from services.job_inputs import source_of, split_plans_cached
+from services.job_inputs import check_stored_file, source_of, split_plans_cached
 from services.lifecycle import (adopt_orphaned_job, claim_next_job, hold_leases, move_fold, move_job, now,
                                 put_back, renew_leases)
 from services.mlflow_logins import retire_refused_logins
 from services.models import Dataset, Fold, Job
 from services.quotas import Limits, limits_of, runtime_of
 from services.reports import summed
+from services.run_records import best_of, dataset_params, model_of, record_best
 from services.results import fold_table, summarize
 from services.spec import JobSpec, flatten
 from services.states import FINISHED_FOLD, FoldStatus, JobStatus
@@ -437,55 +437,3 @@ class Dispatcher:
 
 def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-
-
-class MissingData(RuntimeError):
-    """A job's stored dataset file is gone (removed from the store while the job waited)."""
-
-
-def check_stored_file(data: JobData) -> None:
-    """Before anything is made for the job (MLflow runs, tasks): its dataset's file must be
-    there, or the job fails saying so, rather than with a file system's error midway."""
-    if data.uri is None:
-        return  # generated: made by the dispatcher when needed
-    filesystem, path = pafs.FileSystem.from_uri(data.uri)
-    if filesystem.get_file_info(path).type != pafs.FileType.File:
-        raise MissingData(f"the file of dataset {data.name!r} is missing from the dataset store; "
-                          "upload the data again and resubmit")
-
-
-def record_best(fold: Fold, epoch: int, metrics: dict[str, float]) -> None:
-    """The best epoch's validation loss and accuracy, kept beside the latest ones."""
-    fold.best_epoch = epoch
-    fold.best_val_loss = metrics.get("val_loss")
-    fold.best_val_accuracy = metrics.get("val_accuracy")  # None for regression
-
-
-def best_of(fold: Fold) -> dict[str, float]:
-    """The best epoch's figures, as the fold's MLflow run records them."""
-    best = {"best_epoch": fold.best_epoch, "best_val_loss": fold.best_val_loss,
-            "best_val_accuracy": fold.best_val_accuracy}
-    return {name: value for name, value in best.items() if value is not None}
-
-
-def dataset_params(data: JobData) -> dict[str, str]:
-    """What is true of a job's data, as flat `dataset.*` params beside the spec's: how many
-    rows, feature columns (named in `dataset.feature_columns`), inputs once encoded and
-    classes, the task, the stored file's digest."""
-    facts = {"dataset.loading": data.loading, "dataset.name": data.name, "dataset.task": data.task,
-             "dataset.rows": data.rows,
-             "dataset.features": len(data.features), "dataset.feature_columns": ",".join(data.features),
-             "dataset.inputs": data.input_width, "dataset.classes": len(data.classes) or None,
-             "dataset.digest": data.digest}
-    return {key: str(value)[:6000] for key, value in facts.items() if value is not None}
-
-
-def model_of(session: Session, job: Job, result: FoldResult) -> dict | None:
-    """What a fold's exported model needs beside its weights (Tracker.log_model)."""
-    if result.preprocessing is None:
-        return None
-    spec, data = JobSpec.model_validate(job.spec), JobData.of(job.data)
-    dataset = session.get(Dataset, data.dataset_id) if data.dataset_id else None
-    return {"model": spec.model.model_dump(), "input_shape": list(data.input_shape),
-            "outputs": len(data.classes) or 1, "task": data.task, "preprocessing": result.preprocessing,
-            "schema": data.schema(dataset)[:-1]}  # the raw feature columns: the label is the last

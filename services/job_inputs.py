@@ -15,6 +15,7 @@ import logging
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from services.data_spec import DatasetSpec
@@ -171,3 +172,18 @@ def fold_of_each_row(plans: list[FoldPlan], rows: int) -> np.ndarray:
     for plan in plans:
         fold[plan.test] = plan.index
     return fold
+
+
+class MissingData(RuntimeError):
+    """A job's stored dataset file is gone (removed from the store while the job waited)."""
+
+
+def check_stored_file(data: JobData) -> None:
+    """Before anything is made for the job (MLflow runs, tasks): its dataset's file must be
+    there, or the job fails saying so, rather than with a file system's error midway."""
+    if data.uri is None:
+        return  # generated: made by the dispatcher when needed
+    filesystem, path = pafs.FileSystem.from_uri(data.uri)
+    if filesystem.get_file_info(path).type != pafs.FileType.File:
+        raise MissingData(f"the file of dataset {data.name!r} is missing from the dataset store; "
+                          "upload the data again and resubmit")

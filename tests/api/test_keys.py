@@ -9,7 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from api.cli import LIMIT_OPTIONS, api_key_of
+from api.cli import api_key_of
+from api.keys_cli import LIMIT_OPTIONS
 from api.cli import main as cli
 from api.main import create_app
 from services.auth import issue_key, revoke_key
