@@ -55,8 +55,8 @@ def peak_and_name(pid: int) -> tuple[int, str] | None:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:80]
     except OSError:
         return None
-    kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
-    return kib * 1024, command
+    kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")), None)
+    return None if kib is None else (kib * 1024, command)  # a zombie has no memory left to report
 
 
 def main() -> None:
