@@ -53,6 +53,8 @@ def column_strata(values: np.ndarray) -> np.ndarray:
 def combined_strata(label: np.ndarray, columns: list[np.ndarray], k: int) -> np.ndarray:
     """One stratum id per row: the label's crossed with each column's, merged (see the
     module's docstring) where a stratum has fewer rows than there are folds."""
+    if not columns:  # the label's strata alone: nothing to merge by depth
+        return join_leftovers(ids_of(label), label, k)
     levels = [label]  # levels[d]: the strata of the label and the first d columns
     for column in columns:
         levels.append(ids_of(levels[-1], column))
@@ -67,8 +69,30 @@ def combined_strata(label: np.ndarray, columns: list[np.ndarray], k: int) -> np.
 
 
 def ids_of(*keys: np.ndarray) -> np.ndarray:
-    """One id per distinct combination of the keys, row by row."""
-    return np.unique(np.stack(keys, axis=1), axis=0, return_inverse=True)[1].reshape(-1)
+    """One id per distinct combination of the keys, row by row, numbered in the
+    combinations' lexicographic order. Key by key: the ids so far times the next key's
+    number of values plus its value's rank is again in lexicographic order. (A unique
+    over rows of stacked keys, axis=0, sorts a structured copy: at 10M rows that took
+    about 1 GiB and 10 s.)"""
+    ids = np.zeros(len(keys[0]), np.int64)
+    for key in keys:
+        count, rank = ranks(key)
+        ids = ranks(ids * count + rank)[1]
+    return ids
+
+
+def ranks(key: np.ndarray) -> tuple[int, np.ndarray]:
+    """The number of distinct values of `key` and each row's value's rank among them.
+    Integers in a range no wider than the rows are counted (one pass, no sort)."""
+    if key.dtype.kind in "iub" and len(key):
+        low = int(key.min())
+        span = int(key.max()) - low + 1
+        if span <= max(len(key), 1 << 16):
+            present = np.bincount((key - low).astype(np.int64, copy=False), minlength=span) > 0
+            rank_of = np.cumsum(present) - 1
+            return int(present.sum()), rank_of[key - low]
+    values, rank = np.unique(key, return_inverse=True)
+    return len(values), rank.reshape(-1)
 
 
 def join_leftovers(strata: np.ndarray, label: np.ndarray, k: int) -> np.ndarray:

@@ -103,23 +103,46 @@ def one_hot(values: np.ndarray, train_rows: np.ndarray) -> tuple[np.ndarray, dic
     return columns, state, int(missing.sum())
 
 
+ENCODE_SLICE_ROWS = 16_384  # rows whose numbers are standardized at once, in float64
+
+
 def encode_with(features: dict[str, np.ndarray], encoding: Encoding) -> np.ndarray:
     """Some rows' inputs (a row group's, when a fold streams its data) by an Encoding
     already fitted: what fit_and_encode gives those rows, numbers first (in the features'
-    order), then each string column's one-hot block."""
+    order), then each string column's one-hot block. A streamed fold encodes every row
+    group of every epoch with this, on a thread beside training: the inputs are written
+    into place a slice of rows at a time, so the float64 temporaries stay a few MiB
+    whatever the group's size."""
     numbers = [name for name in encoding.order if name in encoding.numbers]
-    parts = [numbers_with(features, numbers, encoding.numbers)] if numbers else []
-    parts += [one_hot_with(features[name], encoding.strings[name])
-              for name in encoding.order if name in encoding.strings]
-    return np.concatenate(parts, axis=1).astype(FEATURE_DTYPE)
+    strings = [name for name in encoding.order if name in encoding.strings]
+    rows = len(features[encoding.order[0]]) if encoding.order else 0
+    x = np.empty((rows, len(numbers) + sum(len(encoding.strings[n]["categories"]) for n in strings)),
+                 FEATURE_DTYPE)
+    for start in range(0, rows, ENCODE_SLICE_ROWS):
+        part = slice(start, start + ENCODE_SLICE_ROWS)
+        if numbers:  # rounded to the inputs' dtype once, as it is assigned
+            x[part, :len(numbers)] = numbers_with({n: features[n][part] for n in numbers}, numbers,
+                                                  encoding.numbers)
+        column = len(numbers)
+        for name in strings:
+            block = one_hot_with(features[name][part], encoding.strings[name])
+            x[part, column:column + block.shape[1]] = block
+            column += block.shape[1]
+    return x
 
 
 def numbers_with(features: dict[str, np.ndarray], names: list[str], how: dict[str, dict]) -> np.ndarray:
-    # float64 until the end: rounding to the inputs' dtype once, not at every step.
-    block = np.stack([np.asarray(features[name], dtype=np.float64) for name in names], axis=1)
+    """The number columns imputed and standardized, in float64 (rounded to the inputs'
+    dtype once, by the caller, not at every step): filled column by column (column-major,
+    so each write is contiguous) and changed in place."""
+    block = np.empty((len(features[names[0]]), len(names)), np.float64, order="F")
+    for i, name in enumerate(names):
+        block[:, i] = features[name]
     impute, mean, std = (np.array([how[name][key] for name in names]) for key in ("impute", "mean", "std"))
-    block = np.where(np.isnan(block), impute, block)
-    return (block - mean) / std
+    np.copyto(block, np.broadcast_to(impute, block.shape), where=np.isnan(block))
+    block -= mean
+    block /= std
+    return block
 
 
 def one_hot_with(values: np.ndarray, how: dict) -> np.ndarray:

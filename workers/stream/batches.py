@@ -274,9 +274,7 @@ class ReadAhead:
         keep = self.mask[group.start:group.stop]
         if not keep.any():
             return None
-        table = source.read(group)
-        if not keep.all():
-            table = Table({name: column[keep] for name, column in table.features.items()}, table.label[keep])
+        table = source.read(group, keep)
         x, y = self.encode(table)
         if len(x) != len(table) or len(y) != len(table):
             raise ValueError(f"encoding row group {group.index} gave {len(x)} inputs and {len(y)} "

@@ -8,7 +8,7 @@ The same fold as workers.fold in memory, step for step where it can be:
   the same rows, each once, in a buffered-shuffle order rather than a full permutation;
 - `batch_size: "full"` is the lecture's batch gradient descent: the gradient of the mean
   loss over every training row, accumulated chunk by chunk, then one step per epoch
-  (with batch norm, each chunk is normalized by its own statistics);
+  (with batch norm, each slice of EVAL_CHUNK rows is normalized by its own statistics);
 - validation and test stream too, their sums accumulated on the device;
 - early stopping, the best checkpoint and resuming after a worker's death work as in
   memory: a checkpoint is taken at the end of an epoch, and a retry resumes after it.
@@ -38,7 +38,7 @@ from workers.stream.source import ParquetSource
 from workers.stream.stats import fit_encoding
 from workers.table import Table
 from workers.tasks import Classification, Regression
-from workers.training import LossAverage, TrainingDiverged, close_epoch, has_batch_norm, tested
+from workers.training import EVAL_CHUNK, LossAverage, TrainingDiverged, close_epoch, has_batch_norm, tested
 
 Task = Classification | Regression
 Batches = Iterator[tuple[np.ndarray, np.ndarray]]
@@ -87,6 +87,7 @@ def run_streamed_fold(source: ParquetSource, info: DataInfo, plan: FoldPlan, con
     encoding = fit_encoding(source, rows.train)
     check_width(encoding, info)
     task, targets, preprocessing = target_of(source, rows.train, info)
+    source.release_unused_memory()
     preprocessing = {**encoding.state(), "imputed": encoding.imputed, **preprocessing}
 
     def encode(table: Table) -> tuple[np.ndarray, np.ndarray]:
@@ -197,7 +198,7 @@ def full_batch_step(model: nn.Module, optimizer: torch.optim.Optimizer, task: Ta
     rows = int(data.rows.train.sum())
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=device)
-    for x, y in data.train_batches(None, 0):
+    for x, y in sliced(data.train_batches(None, 0)):
         x, y = to_device(x, y, device)
         loss = task.loss(model(x), y) * (len(y) / rows)
         loss.backward()
@@ -206,12 +207,21 @@ def full_batch_step(model: nn.Module, optimizer: torch.optim.Optimizer, task: Ta
     return total
 
 
+def sliced(chunks: Batches) -> Batches:
+    """Each chunk (a row group's rows) in slices of EVAL_CHUNK rows: one forward pass over
+    a whole group would hold its activations at every layer (131,072 rows × 256 units is
+    128 MiB a layer)."""
+    for x, y in chunks:
+        for start in range(0, len(y), EVAL_CHUNK):
+            yield x[start:start + EVAL_CHUNK], y[start:start + EVAL_CHUNK]
+
+
 @torch.no_grad()
 def streamed_sums(model: nn.Module, task: Task, chunks: Batches, device: torch.device) -> torch.Tensor:
     """The task's metric sums over streamed rows, in evaluation mode, on the device."""
     model.eval()
     sums = None
-    for x, y in chunks:
+    for x, y in sliced(chunks):
         x, y = to_device(x, y, device)
         part = task.sums(model(x), y)
         sums = part if sums is None else sums + part

@@ -48,18 +48,32 @@ class ParquetSource:
         if missing := [c for c in [*self.features, self.label] if c not in names]:
             raise ValueError(f"{self.uri} has no column {', '.join(map(repr, missing))}")
 
-    def read(self, group: RowGroup) -> Table:
-        """One row group's rows: the job's features and its label, as workers.table has them."""
+    def read(self, group: RowGroup, keep: np.ndarray | None = None) -> Table:
+        """One row group's rows, or those `keep` marks (booleans, one a row of the group):
+        the job's features and its label, as workers.table has them."""
+        import pyarrow as pa
+
         part = self.file.read_row_group(group.index, columns=[*self.features, self.label])
         if part.num_rows != group.rows:
             raise ValueError(f"row group {group.index} of {self.uri} holds {part.num_rows} rows, "
                              f"not the {group.rows} its metadata says")
+        if keep is not None and not keep.all():
+            part = part.filter(pa.array(keep))  # before numpy: the rows left, in the file's types
         return Table({name: as_array(part.column(name)) for name in self.features},
                      as_array(part.column(self.label)))
 
     def read_label(self, group: RowGroup) -> np.ndarray:
         """One row group's labels alone (a regression target's statistics need no more)."""
         return as_array(self.file.read_row_group(group.index, columns=[self.label]).column(self.label))
+
+    @staticmethod
+    def release_unused_memory() -> None:
+        """Hand back to the system what Arrow's allocator keeps of freed buffers (it holds
+        on to them for reuse): after a pass over the whole file, that is about as much as
+        the largest row groups read at once, which the next phase would not reuse."""
+        import pyarrow as pa
+
+        pa.default_memory_pool().release_unused()
 
     def reopen(self) -> "ParquetSource":
         """The same source, opened again (for another thread)."""

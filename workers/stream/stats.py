@@ -80,6 +80,11 @@ class Moments:
         """Of a (columns, rows) block's non-missing values: two passes over the group,
         the deviations taken from its own mean."""
         present = ~np.isnan(block)
+        if present.all() and block.shape[1]:  # the usual case, without the masked copies
+            mean = block.mean(axis=1)
+            deviations = block - mean[:, None]
+            np.square(deviations, out=deviations)
+            return cls(np.full(len(block), float(block.shape[1])), mean, deviations.sum(axis=1))
         count = present.sum(axis=1).astype(np.float64)
         mean = divide(np.where(present, block, 0.0).sum(axis=1), count)
         m2 = (np.where(present, block - mean[:, None], 0.0) ** 2).sum(axis=1)
@@ -98,6 +103,9 @@ def divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
 
 
+SLICE_ROWS = 16_384  # rows of a row group whose statistics are taken at once
+
+
 class NumberColumns:
     """The number columns' (and booleans') training statistics, all columns at once."""
 
@@ -108,10 +116,20 @@ class NumberColumns:
         self.missing = 0
 
     def add(self, features: dict[str, np.ndarray], in_training: np.ndarray) -> None:
+        # A slice of rows at a time: a row group can be large (pyarrow writes up to 1Mi
+        # rows a group), and each slice's float64 temporaries then stay a few MiB. The
+        # merge is exact whatever the slices.
+        for start in range(0, len(in_training), SLICE_ROWS):
+            rows = slice(start, start + SLICE_ROWS)
+            self.add_slice({name: features[name][rows] for name in self.names}, in_training[rows])
+
+    def add_slice(self, features: dict[str, np.ndarray], in_training: np.ndarray) -> None:
         # One row per column, so that each column's sums run over contiguous memory
         # (numpy sums those pairwise, more exactly). An integer column without nulls
         # arrives as int64: float64 as in memory.
-        block = np.stack([np.asarray(features[name], dtype=np.float64) for name in self.names])
+        block = np.empty((len(self.names), len(in_training)))
+        for i, name in enumerate(self.names):
+            block[i] = features[name]
         self.missing += int(np.isnan(block).sum())
         self.training_rows += int(in_training.sum())
         self.moments = self.moments.merge(Moments.of(block[:, in_training]))
