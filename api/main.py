@@ -21,24 +21,30 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from api.batching import Interrupted, StoreFailed, batcher_for
 from api.limits import BodyLimit
-from api.routes import datasets, health, jobs
+from api.routes import datasets, health, jobs, metrics
 from services.database import (Reachability, make_engine, session_factory, unreachable,
                                upgrade_schema)
+from services.capacity import KnownNodes
 from services.dataset_store import DatasetStore
 from services.datasets import register_bundled
 from services.errors import (BundledDataset, DatasetInUse, DatasetNameTaken, DatasetNotFound,
                              IdempotencyConflict, InvalidDataset, InvalidJob, JobAlreadyFinished,
                              JobNotFound, UnsupportedFormat, UploadTooLarge)
+from services.metrics import registry_for
 from services.models import LOCAL_OWNER
 from services.quotas import QuotaExceeded
+from services.readiness import Readiness, service_checks
 from services.settings import Settings, get_settings
+from services.wakeups import Wakeup
 
 log = logging.getLogger("crossfold.api")
 FROZEN = False  # gc.freeze() done in this process
 
 
-def create_app(settings: Settings | None = None,
-               sessions: sessionmaker[Session] | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, sessions: sessionmaker[Session] | None = None,
+               wakeup: Wakeup | None = None) -> FastAPI:
+    """`wakeup`: the dispatcher's, when it runs in this process (`crossfold serve`): the API
+    wakes it once a job is stored or a cancel requested (services.wakeups)."""
     settings = settings or get_settings()
     if sessions is None:
         engine = make_engine(settings.resolved_database_url())
@@ -51,14 +57,22 @@ def create_app(settings: Settings | None = None,
                                      "results in MLflow.",
                          swagger_ui_parameters={"validatorUrl": None})  # no call to swagger.io
     app.state.settings, app.state.sessions = settings, sessions
+    app.state.wakeup = wakeup or Wakeup()  # a signal no one waits on, with no dispatcher here
+    app.state.known_nodes = KnownNodes(sessions)  # the cluster's nodes, as the dispatcher saw them
+    app.state.readiness = Readiness(service_checks(sessions, tracking_uri=settings.resolved_tracking_uri(),
+                                                   lease_s=settings.lease_s))
+    # A dispatcher in this process (it gave its wakeup) adds its own metrics to /metrics.
+    app.state.metrics = registry_for(sessions, with_dispatcher=wakeup is not None)
     describe_authentication(app, settings.requires_auth())
     app.state.batchers = weakref.WeakKeyDictionary()  # one SubmissionBatcher per event loop
     app.state.database = Reachability(log, "API")
+    settings.export_s3_credentials()  # where the dataset store's pyarrow reads them
     app.state.store = DatasetStore(settings.resolved_dataset_store())
     app.state.bundled = {}  # name → the bundled dataset, filled at start-up (lifespan)
     app.include_router(jobs.router)
     app.include_router(datasets.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
                        streamed=frozenset({("POST", "/datasets")}))
     add_error_handlers(app)

@@ -12,6 +12,12 @@ from services.results import experiment_link, mlflow_link
 from services.states import FoldStatus, JobStatus
 
 
+class FoldAttempt(BaseModel):
+    attempt: int = Field(description="1 for the first try; a retry after its worker or node was lost adds one")
+    node: str = Field(description="the Ray node it ran on (its node id, not an address)")
+    resumed_after_epoch: int = Field(description="the epoch of the checkpoint it resumed from; 0: from scratch")
+
+
 class FoldOut(BaseModel):
     index: int
     status: FoldStatus
@@ -31,6 +37,7 @@ class FoldOut(BaseModel):
                                            "operators' to know (the database and the logs keep it); "
                                            "`attempts` tells the tries apart")
     data_loading: str = Field(description="how its task read the data: memory or stream")
+    nodes: list[FoldAttempt] = Field(description="each attempt, in order: where it ran and what it resumed from")
     mlflow_run_id: str | None
     mlflow_url: str | None
 
@@ -39,6 +46,10 @@ class JobOut(BaseModel):
     id: str
     name: str
     status: JobStatus
+    priority: int = Field(description="the spec's priority: queued jobs of a higher priority start first")
+    waiting_reason: str | None = Field(None, description="why a queued job is not started yet, when it is "
+                                                         "more than the queue (no node can run its folds "
+                                                         "until the cluster grows)")
     cancel_requested: bool
     created_at: datetime
     started_at: datetime | None
@@ -77,14 +88,15 @@ def fold_out(fold: Fold, experiment_id: str | None, ui_url: str, loading: str) -
                    val_accuracy=fold.val_accuracy, best_epoch=fold.best_epoch,
                    best_val_loss=fold.best_val_loss, best_val_accuracy=fold.best_val_accuracy,
                    test_metrics=fold.test_metrics, error=shown(fold.error, public_message),
-                   data_loading=loading,
+                   data_loading=loading, nodes=fold.nodes or [],
                    mlflow_run_id=fold.mlflow_run_id,
                    mlflow_url=mlflow_link(ui_url, experiment_id, fold.mlflow_run_id))
 
 
 def job_out(job: Job, ui_url: str) -> JobOut:
     loading = (job.data or {}).get("loading", "memory")
-    return JobOut(id=job.id, name=job.name, status=job.status,
+    return JobOut(id=job.id, name=job.name, status=job.status, priority=job.priority,
+                  waiting_reason=job.waiting_reason,
                   cancel_requested=job.cancel_requested, created_at=job.created_at,
                   started_at=job.started_at, finished_at=job.finished_at,
                   error=shown(job.error, public_message),

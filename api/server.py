@@ -22,7 +22,9 @@ from api.main import create_app
 from services.database import make_engine, session_factory, upgrade_schema
 from services.dataset_store import DatasetStore
 from services.datasets import register_bundled
+from services.metrics import serve_dispatcher_metrics
 from services.settings import Settings
+from services.wakeups import Wakeup
 
 log = logging.getLogger("crossfold")
 PORT_WAIT_S = 5.0  # a port in use may be a killed service's child that its watchdog is ending
@@ -38,6 +40,7 @@ def build_dispatcher(settings: Settings):
     from services.dispatcher import Dispatcher
     from services.tracking import Tracker
 
+    settings.export_s3_credentials()  # before the stores open and a local Ray starts (inherits them)
     engine = make_engine(settings.resolved_database_url())
     upgrade_schema(engine)
     sessions = session_factory(engine)
@@ -47,9 +50,11 @@ def build_dispatcher(settings: Settings):
     tracker = Tracker(tracking_uri=settings.resolved_tracking_uri(),
                       artifacts_dir=settings.artifacts_dir(), access=mlflow_access(settings))
     tracker.ensure_store()
-    cluster = Cluster(address=settings.ray_address, max_retries=settings.fold_max_retries)
+    cluster = Cluster(checkpoints=settings.resolved_checkpoint_store(), address=settings.ray_address,
+                      max_retries=settings.fold_max_retries)
     return Dispatcher(sessions=sessions, cluster=cluster, tracker=tracker, store=store,
                       max_active_jobs=settings.max_active_jobs, poll_interval_s=settings.poll_interval_s,
+                      cluster_can_grow=settings.cluster_can_grow,
                       lease_s=settings.lease_s, limits=settings.default_limits())
 
 
@@ -61,18 +66,23 @@ def mlflow_access(settings: Settings):
     return MlflowAccess(settings.resolved_tracking_uri())
 
 
-def run_api(settings: Settings, workers: int = 1) -> None:
+def run_api(settings: Settings, workers: int = 1, wakeup: Wakeup | None = None) -> None:
+    """`wakeup`: that of a dispatcher in this process, woken by each submission."""
     if workers > 1:
         # Several processes: each builds its own app from the same environment.
         uvicorn.run("api.main:create_app", factory=True, host=settings.api_host,
                     port=settings.api_port, workers=workers, log_level="warning")
     else:
-        uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port,
+        uvicorn.run(create_app(settings, wakeup=wakeup), host=settings.api_host, port=settings.api_port,
                     log_level="warning")
 
 
 def run_dispatcher(settings: Settings) -> None:
     stop = threading.Event()
+    if settings.dispatcher_metrics_port is not None:
+        ensure_free("0.0.0.0", settings.dispatcher_metrics_port, "the dispatcher's metrics",
+                    "CROSSFOLD_DISPATCHER_METRICS_PORT")
+        serve_dispatcher_metrics(settings.dispatcher_metrics_port)
     try:
         build_dispatcher(settings).run_forever(stop)
     except KeyboardInterrupt:
@@ -169,11 +179,13 @@ def serve(settings: Settings, *, with_ui: bool = True) -> None:
     # exit (0) that runs the clean-up below, whatever handler Ray installed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
+        # The API wakes the dispatcher when a job is submitted: it starts without waiting
+        # for its poll, on SQLite too (services.wakeups).
         if with_ui:
             with mlflow_ui(settings):
-                run_api(settings)
+                run_api(settings, wakeup=dispatcher.wakeup)
         else:
-            run_api(settings)
+            run_api(settings, wakeup=dispatcher.wakeup)
     finally:
         stop.set()
         thread.join(timeout=10)

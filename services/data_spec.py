@@ -110,6 +110,9 @@ class DatasetSpec(BaseModel):
             self.drop, self.strata = self.drop or [], self.strata or []
             self.missing = self.missing or "refuse"
             return self
+        if self.name is None:  # {"rows": 100} alone: nothing says which data
+            raise ValueError("give the dataset's name (a bundled or generated one), or a stored "
+                             "dataset's id or name with its label")
         for field, default in GENERATED_DATASETS.get(self.name, {}).items():
             if getattr(self, field) is None:
                 setattr(self, field, default)

@@ -3,7 +3,8 @@
 One loop, one thread. Each tick it (1) claims new jobs while it has room, (2) applies
 progress reported by running folds, (3) collects finished folds, and finishes a job
 once all its folds have ended, (4) carries out cancellations. It is the only writer
-of job state once a job is running.
+of job state once a job is running. Between ticks it waits (pause) for its poll interval
+at most: a job submitted, a cancel requested or a fold task that returns wakes it sooner.
 """
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import socket
 import threading
 import time
 import uuid
+from urllib.parse import urlsplit
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import event, select
+from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.capacity import Need, publish, refusal, room
 from services.cluster import Cluster
 from services.database import Reachability, unreachable
 from services.dataset_store import DatasetStore
@@ -25,6 +28,7 @@ from services.job_data import JobData, resolve
 from services.job_inputs import check_stored_file, source_of, split_plans_cached
 from services.lifecycle import (adopt_orphaned_job, claim_next_job, hold_leases, move_fold, move_job, now,
                                 put_back, renew_leases)
+from services.metrics import TICK_SECONDS, observe_progress_lag
 from services.mlflow_logins import retire_refused_logins
 from services.models import Dataset, Fold, Job
 from services.quotas import Limits, limits_of, runtime_of
@@ -34,8 +38,9 @@ from services.results import fold_table, summarize
 from services.spec import JobSpec, flatten
 from services.states import FINISHED_FOLD, FoldStatus, JobStatus
 from services.settings import get_settings
-from services.tracking import Tracker, transient
-from workers.events import EpochEnded, FoldStarted, ProgressEvent
+from services.tracking import RunWrites, Tracker, transient
+from services.wakeups import Wakeup, listener_for
+from workers.events import EpochEnded, FoldStarted
 from workers.results import Ending, FoldResult
 
 log = logging.getLogger(__name__)
@@ -45,6 +50,11 @@ START_BACKOFF_S = 5.0  # a start that failed for a passing reason is tried again
 MAX_START_BACKOFF_S = 300.0  # doubling each time up to this,
 MAX_START_ATTEMPTS = 8  # this many times (10 minutes of outage) before the job fails
 LOGIN_SWEEP_S = 60.0  # how often MLflow passwords that are expired keys are replaced
+NODES_EVERY_S = 2.0  # how often the cluster's nodes are looked at (and published for the API)
+NODES_WAIT_S = 10.0  # how long a job no node can run waits before it is looked at again
+# Between ticks the dispatcher waits on its Ray tasks and on its wakeup in turn, this long
+# each: the longest a notification waits while folds run.
+WAKE_SLICE_S = 0.05
 
 
 @dataclass
@@ -63,10 +73,21 @@ class LeaseLost(RuntimeError):
 
 class Dispatcher:
     def __init__(self, *, sessions: sessionmaker[Session], cluster: Cluster, tracker: Tracker,
-                 store: DatasetStore, max_active_jobs: int, poll_interval_s: float = 0.5,
+                 store: DatasetStore, max_active_jobs: int | None = None, poll_interval_s: float = 0.5,
                  lease_s: float = 30.0, limits: Limits | None = None,
-                 start_backoff_s: float = START_BACKOFF_S):
-        """`limits`: the owners' default limits (services.quotas), the settings' by default."""
+                 start_backoff_s: float = START_BACKOFF_S, cluster_can_grow: bool = False,
+                 wakeup: Wakeup | None = None):
+        """`limits`: the owners' default limits (services.quotas), the settings' by default.
+        `max_active_jobs`: a bound on the jobs this dispatcher runs at once, besides the
+        cluster's room (services.capacity); None: none. `cluster_can_grow`: an autoscaler
+        adds nodes, so a job no node can run yet waits instead of failing.
+        `wakeup`: ends the wait between ticks (services.wakeups); the API's, when both run
+        in one process. On PostgreSQL, its listener wakes it too (run_forever)."""
+        self.wakeup, self.listener = wakeup or Wakeup(), None
+        self.ticks = 0  # ticks run so far: how often it woke (tests read it)
+        self.ended_uncollected: set = set()  # the tasks that had ended at the last pause
+        self.cluster_can_grow = cluster_can_grow
+        self.nodes_seen_at, self.nodes, self.total = float("-inf"), [], Need(0.0, 0.0)
         self.sessions, self.cluster, self.tracker, self.store = sessions, cluster, tracker, store
         self.limits = limits or get_settings().default_limits()
         self.start_backoff_s = start_backoff_s
@@ -78,16 +99,58 @@ class Dispatcher:
 
     def run_forever(self, stop: threading.Event) -> None:
         self.tracker.ensure_store()
-        while not stop.is_set():
-            try:
-                self.tick()
-                self.database.succeeded()
-            except Exception as error:  # one bad tick must not kill the service; log and go on
-                if unreachable(error):
-                    self.database.failed(error)  # a line when it goes, one when it is back
-                else:
-                    log.exception("dispatcher tick failed")
-            stop.wait(self.poll_interval_s)
+        self.listener = listener_for(self.engine(), self.wakeup)  # None on SQLite
+        try:
+            while not stop.is_set():
+                self.tick_once()
+                self.pause(stop)
+        finally:
+            if self.listener is not None:
+                self.listener.stop()
+
+    @TICK_SECONDS.time()  # its duration, for /metrics (services.metrics)
+    def tick_once(self) -> None:
+        try:
+            self.tick()
+            self.database.succeeded()
+        except Exception as error:  # one bad tick must not kill the service; log and go on
+            if unreachable(error):
+                self.database.failed(error)  # a line when it goes, one when it is back
+            else:
+                log.exception("dispatcher tick failed")
+        self.ticks += 1
+
+    def engine(self) -> Engine:
+        with self.sessions() as session:
+            return session.get_bind()
+
+    def pause(self, stop: threading.Event) -> None:
+        """Wait for the next tick: the poll interval at most, and only until a job is
+        submitted or a cancel requested (self.wakeup) or one of this dispatcher's fold
+        tasks returns, so that its result is collected at once.
+
+        A task that has ended and is not collected yet ended after the tick looked: no
+        wait, the next tick collects it. Unless it was so at the last pause too (the tick
+        failed): then it is not waited on, which would not wait but spin; the poll tries
+        it again."""
+        deadline = time.monotonic() + self.poll_interval_s
+        try:
+            tasks = [task for active in self.active.values() for task in active.tasks]
+            ended = set(self.cluster.ready(tasks)) if tasks else set()
+            ended_before, self.ended_uncollected = self.ended_uncollected, ended
+            if ended - ended_before:
+                return
+            running = [task for task in tasks if task not in ended]
+            while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                # Ray's wait and the wakeup's cannot be waited on together: in short turns.
+                step = min(left, WAKE_SLICE_S)
+                if running and self.cluster.wait_any(running, step):
+                    return
+                if self.wakeup.wait(0 if running else step):
+                    return
+        except Exception as error:  # Ray failing: the next tick says so; wait as before wakeups
+            log.debug("waiting on the fold tasks failed: %s", error)
+            stop.wait(max(0.0, deadline - time.monotonic()))
 
     def tick(self) -> None:
         with self.sessions() as session:
@@ -95,6 +158,7 @@ class Dispatcher:
                                 lease_s=self.lease_s)
             self.drop_lost_jobs(held)
             self.fence(session)
+            self.look_at_nodes(session)
             self.claim_jobs(session)
             # Look for finished tasks before draining progress: a task reports all its
             # epochs before it returns, so every epoch of these tasks is on the board now.
@@ -120,27 +184,76 @@ class Dispatcher:
         event.listen(session, "before_commit", check)
 
     # -- starting jobs -------------------------------------------------------------
+    def look_at_nodes(self, session: Session) -> None:
+        """Every NODES_EVERY_S: the cluster's alive nodes, published for the API, and
+        their total CPUs and GPUs (a node added since counts at once)."""
+        if time.monotonic() - self.nodes_seen_at < NODES_EVERY_S:
+            return
+        nodes = self.cluster.nodes()
+        publish(session, nodes)
+        self.nodes = nodes
+        self.total = Need(sum(n.cpus for n in nodes), sum(n.gpus for n in nodes))
+        self.nodes_seen_at = time.monotonic()
+
+    def below_bound(self) -> bool:
+        return self.max_active_jobs is None or len(self.active) < self.max_active_jobs
+
     def claim_jobs(self, session: Session) -> None:
-        while len(self.active) < self.max_active_jobs:
-            # Jobs whose dispatcher died come first: they have waited longest.
-            adopted = adopt_orphaned_job(session, dispatcher_id=self.dispatcher_id, lease_s=self.lease_s,
-                                         held=list(self.active))
-            job = adopted or claim_next_job(session, dispatcher_id=self.dispatcher_id, lease_s=self.lease_s,
-                                            max_running_folds=self.limits.max_running_folds)
+        # Jobs whose dispatcher died come first: they have waited longest, and their
+        # folds are counted in the cluster's room already.
+        while self.below_bound() and (adopted := adopt_orphaned_job(
+                session, dispatcher_id=self.dispatcher_id, lease_s=self.lease_s, held=list(self.active))):
+            self.start_or_retry(session, adopted, adopted=True)
+        # New jobs while their folds have room: the cluster's CPUs less what the folds
+        # of running jobs ask for.
+        while self.below_bound() and room(session, self.total).cpus > 0:
+            job = claim_next_job(session, dispatcher_id=self.dispatcher_id, lease_s=self.lease_s,
+                                 max_running_folds=self.limits.max_running_folds)
             if job is None:
                 return
-            try:
-                self.start_job(session, job, adopted=adopted is not None)
-            except Exception as error:
-                if transient(error) and job.start_attempts + 1 < MAX_START_ATTEMPTS:
-                    self.retry_later(session, job, error, adopted=adopted is not None)
-                    return  # MLflow is down: the jobs behind this one need not wait on its timeouts
-                log.exception("job %s could not start", job.id)
-                self.fail_before_start(session, job, f"could not start: {error}")
+            if (why := self.unrunnable(job)) is not None:
+                self.set_aside(session, job, why)
+                continue
+            if not self.start_or_retry(session, job, adopted=False):
+                return  # MLflow is down: the jobs behind this one need not wait on its timeouts
+
+    def unrunnable(self, job: Job) -> str | None:
+        """Why no node of the cluster can run this job's folds; None when one can (or
+        when its spec is broken: starting it fails it, saying why)."""
+        try:
+            need = Need.of(JobSpec.model_validate(job.spec))
+        except ValueError:
+            return None
+        found = refusal(need, self.nodes)
+        return None if found is None else found[1]
+
+    def start_or_retry(self, session: Session, job: Job, *, adopted: bool) -> bool:
+        """Start the job; False when its start failed for a passing reason (retried later)."""
+        try:
+            self.start_job(session, job, adopted=adopted)
+        except Exception as error:
+            if transient(error) and job.start_attempts + 1 < MAX_START_ATTEMPTS:
+                self.retry_later(session, job, error, adopted=adopted)
+                return False
+            log.exception("job %s could not start", job.id)
+            self.fail_before_start(session, job, f"could not start: {error}")
+        return True
+
+    def set_aside(self, session: Session, job: Job, why: str) -> None:
+        """A job no node can run: where the cluster can grow, back to the queue with its
+        reason shown (looked at again after NODES_WAIT_S, holding no capacity meanwhile);
+        else it fails saying what is missing."""
+        if not self.cluster_can_grow:
+            self.fail_before_start(session, job, why)
+            return
+        put_back(job, not_before=now() + timedelta(seconds=NODES_WAIT_S))
+        job.waiting_reason = f"waiting for the cluster to grow: {why}"
+        session.commit()
 
     def start_job(self, session: Session, job: Job, *, adopted: bool = False) -> None:
         """Submit the folds of a newly claimed job, or the unfinished folds of an adopted one."""
         spec = JobSpec.model_validate(job.spec)
+        job.waiting_reason = None
         data = self.data_of(session, job, spec)
         check_stored_file(data)
         if adopted:
@@ -191,7 +304,9 @@ class Dispatcher:
 
     def log_dataset(self, run_ids: list[str], data: JobData, session: Session) -> None:
         source = source_of(data, self.store)  # a generated dataset is made here, once
-        digest = data.digest or source.uri.rsplit("/", 1)[-1].removesuffix(".parquet")
+        # A generated dataset's file is named by its hash; the URI's query (a store's
+        # options) is not part of the name.
+        digest = data.digest or urlsplit(source.uri).path.rsplit("/", 1)[-1].removesuffix(".parquet")
         schema = data.schema(session.get(Dataset, data.dataset_id) if data.dataset_id else None)
         self.tracker.log_dataset(run_ids, name=data.name, digest=digest, uri=source.uri,
                                  columns=schema, rows=data.rows)
@@ -247,26 +362,37 @@ class Dispatcher:
 
     # -- progress ------------------------------------------------------------------
     def apply_progress(self, session: Session) -> None:
+        """Every event the board holds for this dispatcher's jobs, stored together: one
+        MLflow call per run (Tracker.write), then one commit, whatever the number of
+        epochs: a big cluster's folds report thousands a second (bench/progress_throughput.py)."""
         pending = self.cluster.pending_progress(list(self.active))
+        if not pending:
+            return
+        folds = self.folds_of(session, list(pending))
+        writes = RunWrites()
         for event in (event for events in pending.values() for event in events):
-            fold = self.fold_of(session, event)
+            fold = folds.get((event.job_id, event.fold))
             if fold is None or fold.status in FINISHED_FOLD:
                 continue  # a late event from a fold that has already ended
             if isinstance(event, FoldStarted):
-                self.mark_started(fold, event)
+                self.mark_started(fold, event, writes)
             elif isinstance(event, EpochEnded):
-                self.record_epoch(fold, event)
-        if pending:
-            session.commit()
-            # Only now, with the events stored: should anything above fail, they are read
-            # again (storing one twice changes nothing: see mark_started, record_epoch).
-            self.cluster.acknowledge_progress({job_id: len(events) for job_id, events in pending.items()})
+                self.record_epoch(fold, event, writes)
+        # MLflow, then the database, then the board: should anything fail midway, the
+        # events are read again and stored again, which changes nothing (MLflow is given
+        # the same metrics: services.tracking.RunWrites; see mark_started, record_epoch).
+        self.tracker.write(writes)
+        session.commit()
+        observe_progress_lag(pending)  # how late it is stored (services.metrics)
+        self.cluster.acknowledge_progress({job_id: len(events) for job_id, events in pending.items()})
 
     @staticmethod
-    def fold_of(session: Session, event: ProgressEvent) -> Fold | None:
-        return session.scalar(select(Fold).where(Fold.job_id == event.job_id, Fold.index == event.fold))
+    def folds_of(session: Session, job_ids: list[str]) -> dict[tuple[str, int], Fold]:
+        """These jobs' folds by (job id, index), in one query, not one per event."""
+        folds = session.scalars(select(Fold).where(Fold.job_id.in_(job_ids)))
+        return {(fold.job_id, fold.index): fold for fold in folds}
 
-    def mark_started(self, fold: Fold, event: FoldStarted) -> None:
+    def mark_started(self, fold: Fold, event: FoldStarted, writes: RunWrites) -> None:
         if fold.status is FoldStatus.RUNNING and fold.worker == event.worker:
             return  # this attempt's start, already recorded
         if fold.status is FoldStatus.RUNNING:
@@ -274,11 +400,16 @@ class Dispatcher:
             move_fold(fold, FoldStatus.PENDING)
         move_fold(fold, FoldStatus.RUNNING)
         fold.worker = event.worker
+        attempt = {"attempt": fold.attempts, "node": event.node, "resumed_after_epoch": event.resumed_after_epoch}
+        fold.nodes = [*(fold.nodes or []), attempt]  # a new list: SQLAlchemy sees the change
+        if event.node:
+            writes.tag(fold.mlflow_run_id, "crossfold.node", event.node)  # the latest attempt's
+            writes.tag(fold.mlflow_run_id, f"crossfold.attempt_{fold.attempts}_node", event.node)
         if fold.attempts > 1:
-            self.tracker.tag(fold.mlflow_run_id, f"crossfold.attempt_{fold.attempts}_resumed_after_epoch",
-                             str(event.resumed_after_epoch))
+            writes.tag(fold.mlflow_run_id, f"crossfold.attempt_{fold.attempts}_resumed_after_epoch",
+                       str(event.resumed_after_epoch))
 
-    def record_epoch(self, fold: Fold, event: EpochEnded) -> None:
+    def record_epoch(self, fold: Fold, event: EpochEnded, writes: RunWrites) -> None:
         if fold.status is FoldStatus.PENDING:
             move_fold(fold, FoldStatus.RUNNING)
         if event.epoch <= fold.epoch:
@@ -291,7 +422,7 @@ class Dispatcher:
         fold.val_accuracy = metrics.get("val_accuracy")  # None for regression
         if event.best_epoch == event.epoch:  # the best so far: shown beside the latest
             record_best(fold, event.epoch, metrics)
-        self.tracker.log_epoch(fold.mlflow_run_id, event.epoch, metrics, event.time_ms)
+        writes.epoch(fold.mlflow_run_id, event.epoch, metrics, event.time_ms)
 
     # -- results -------------------------------------------------------------------
     def finished_tasks(self) -> dict[str, list]:
@@ -302,7 +433,7 @@ class Dispatcher:
         for job_id, refs in finished.items():
             active = self.active[job_id]
             for ref in refs:
-                for result in self.cluster.results(ref, active.tasks[ref]):
+                for result in self.cluster.results(ref, job_id, active.tasks[ref]):
                     if active.cancelling and result.status is not Ending.SUCCEEDED:
                         result = FoldResult.cancelled(result.index)  # killed by us, whatever Ray says
                     self.finish_fold(session, active.job_id, result)
@@ -313,6 +444,8 @@ class Dispatcher:
                 del active.tasks[ref]
             if not active.tasks:
                 self.finish_job(session, active.job_id)
+        if any(finished.values()):
+            self.wakeup.notify()  # room for queued jobs: the next tick claims them without waiting
 
     def finish_fold(self, session: Session, job_id: str, result: FoldResult) -> None:
         fold = session.scalar(select(Fold).where(Fold.job_id == job_id, Fold.index == result.index))

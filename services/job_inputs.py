@@ -25,6 +25,7 @@ from services.job_data import JobData
 from services.spec import CVSpec
 from services.splits import column_strata, combined_strata, fold_plans, label_strata
 from workers.plans import DataInfo, FoldPlan, TableSource
+from workers.storage import filesystem_of
 from workers.table import read_table
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def check_stored_file(data: JobData) -> None:
     there, or the job fails saying so, rather than with a file system's error midway."""
     if data.uri is None:
         return  # generated: made by the dispatcher when needed
-    filesystem, path = pafs.FileSystem.from_uri(data.uri)
+    filesystem, path = filesystem_of(data.uri)
     if filesystem.get_file_info(path).type != pafs.FileType.File:
         raise MissingData(f"the file of dataset {data.name!r} is missing from the dataset store; "
                           "upload the data again and resubmit")

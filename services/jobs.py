@@ -9,6 +9,7 @@ from services.errors import JobAlreadyFinished, JobNotFound
 from services.lifecycle import cancel_if_queued
 from services.models import Job
 from services.states import FINISHED_JOB, JobStatus
+from services.wakeups import announce
 
 
 def get_job(*, session: Session, job_id: str, owner: str | None = None) -> Job:
@@ -44,6 +45,7 @@ def cancel_job(*, session: Session, job_id: str, owner: str | None = None) -> Jo
         raise JobAlreadyFinished(f"job {job_id} has already {job.status.value}")
     if not cancel_if_queued(session, job_id=job_id):
         job.cancel_requested = True
+        announce(session)  # its dispatcher, if in another process, stops it once committed
     session.commit()
     session.expire_all()  # the conditional UPDATE bypassed the loaded objects
     return get_job(session=session, job_id=job_id, owner=owner)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from services.models import Fold, Job, OwnerLimits
+from services.models import Fold, Job, OwnerLimits, OwnerTurn
 from services.states import FINISHED_FOLD, FINISHED_JOB, FoldStatus, JobStatus, check_fold, check_job
 
 
-CLAIM_LOCK = 0x63726f73  # PostgreSQL advisory lock key: claims that count running folds
+CLAIM_LOCK = 0x63726f73  # PostgreSQL advisory lock key: claims are taken one at a time
 
 
 def now() -> datetime:
@@ -41,39 +42,52 @@ def claim_next_job(session: Session, *, dispatcher_id: str, lease_s: float = 30.
                    max_running_folds: int | None = None) -> Job | None:
     """Atomically take the next queued job, or return None.
 
-    Fair between owners: among the owners whose unfinished folds (of their running jobs)
-    plus the job's own stay within their running-fold limit (`max_running_folds`, or the
-    owner's own in owner_limits), the one running the fewest folds goes first, with its
-    oldest job. A job put back after a failed start waits until its `not_before`.
+    The order, among the ready jobs (a job put back after a failed start waits until its
+    `not_before`) of the owners whose unfinished folds (of their running jobs) plus the
+    job's own stay within their running-fold limit (`max_running_folds`, or the owner's
+    own in owner_limits; no limit when None):
+    1. the highest `priority` first, whoever owns the job;
+    2. within a priority, owners take turns: the owner served longest ago (or never)
+       goes first, so one owner's thousand queued jobs do not hold up another's one;
+    3. then that owner's oldest job.
+    Each claim makes its owner the one served last (services.models.OwnerTurn).
 
-    PostgreSQL: the row is locked with FOR UPDATE SKIP LOCKED, so concurrent
-    dispatchers each get a different job without waiting. SQLite has no row locks:
-    a conditional UPDATE (… WHERE status = 'queued') lets exactly one writer win.
+    PostgreSQL: claims are taken one at a time under an advisory lock held to the end
+    of this short transaction, so that two dispatchers neither serve the same owner's
+    turn twice nor each start a job of one owner on the same count of its running folds
+    and pass its limit together; the row is also locked with FOR UPDATE SKIP LOCKED.
+    SQLite has no row locks: a conditional UPDATE (… WHERE status = 'queued') lets
+    exactly one writer win, and its write lock covers the turn it records.
     """
     check_job(JobStatus.QUEUED, JobStatus.RUNNING)
     query = next_job_query(max_running_folds)
     if session.get_bind().dialect.name == "postgresql":
-        if max_running_folds is not None:
-            # The owners' running folds are counted, then a job is claimed on that count:
-            # dispatchers claim one at a time (until this transaction ends), or several could
-            # each start a job of one owner on the same count and pass the limit together.
-            session.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK)))
+        session.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK)))
         query = query.with_for_update(skip_locked=True, of=Job)
-    job_id = session.scalar(query)
-    if job_id is None:
+    found = session.execute(query).first()
+    if found is None:
         return None
     claimed = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        update(Job).where(Job.id == found.id, Job.status == JobStatus.QUEUED)
         .values(status=JobStatus.RUNNING, started_at=now(), dispatcher_id=dispatcher_id,
                 lease_expires_at=now() + timedelta(seconds=lease_s)))
+    if claimed.rowcount == 1:
+        take_turn(session, found.owner)
     session.commit()
-    return session.get(Job, job_id) if claimed.rowcount == 1 else None
+    return session.get(Job, found.id) if claimed.rowcount == 1 else None
 
 
 def next_job_query(max_running_folds: int | None):
+    """(id, owner) of the next job to start, in claim_next_job's order."""
     ready = (Job.status == JobStatus.QUEUED) & (Job.not_before.is_(None) | (Job.not_before <= now()))
-    if max_running_folds is None:
-        return select(Job.id).where(ready).order_by(Job.created_at).limit(1)
+    last_turn = func.coalesce(OwnerTurn.turn, 0)  # never served: before everyone else
+    query = (select(Job.id, Job.owner).outerjoin(OwnerTurn, OwnerTurn.owner == Job.owner).where(ready)
+             .order_by(Job.priority.desc(), last_turn, Job.created_at).limit(1))
+    return query if max_running_folds is None else within_fold_limits(query, max_running_folds)
+
+
+def within_fold_limits(query, max_running_folds: int):
+    """`query` kept to the jobs whose folds fit within their owner's running-fold limit."""
     running = (select(Job.owner.label("owner"), func.count(Fold.id).label("folds"))
                .join(Fold, Fold.job_id == Job.id)
                .where(Job.status == JobStatus.RUNNING, Fold.status.not_in(FINISHED_FOLD))
@@ -81,10 +95,19 @@ def next_job_query(max_running_folds: int | None):
     own_folds = select(func.count(Fold.id)).where(Fold.job_id == Job.id).scalar_subquery()
     busy = func.coalesce(running.c.folds, 0)
     limit = func.coalesce(OwnerLimits.max_running_folds, max_running_folds)
-    return (select(Job.id).outerjoin(running, running.c.owner == Job.owner)
+    return (query.outerjoin(running, running.c.owner == Job.owner)
             .outerjoin(OwnerLimits, OwnerLimits.owner == Job.owner)
-            .where(ready, busy + own_folds <= limit)
-            .order_by(busy, Job.created_at).limit(1))
+            .where(busy + own_folds <= limit))
+
+
+def take_turn(session: Session, owner: str) -> None:
+    """Record that `owner` was served just now: its turn becomes the latest. Read and
+    written while the claim holds its lock (PostgreSQL's advisory lock, SQLite's write
+    lock), so turns are numbered one claim at a time."""
+    turn = session.scalar(select(func.coalesce(func.max(OwnerTurn.turn), 0))) + 1
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    session.execute(dialect.insert(OwnerTurn).values(owner=owner, turn=turn)
+                    .on_conflict_do_update(index_elements=[OwnerTurn.owner], set_={"turn": turn}))
 
 
 def put_back(job: Job, *, not_before: datetime) -> None:

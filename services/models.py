@@ -71,7 +71,14 @@ class Job(Base):
     # A start that failed for a passing reason (MLflow unreachable) puts the job back in the
     # queue; it is not claimed again before `not_before`, later each time.
     start_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The spec's priority, as a column for the claim query to order by (higher first).
+    # Not indexed: the order also depends on the owner's turn, so the queued rows are
+    # sorted anyway; the status index finds them.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Why a queued job is not started yet when that is not just the queue (no node can
+    # run its folds until the cluster grows); None otherwise.
+    waiting_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -97,6 +104,17 @@ class ApiKey(Base):
     mlflow_login: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
+class ClusterNode(Base):
+    """An alive Ray node as the dispatcher last saw it (services.capacity): what the API
+    judges a job's resources by, with no link to Ray of its own."""
+    __tablename__ = "cluster_nodes"
+
+    node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cpus: Mapped[float] = mapped_column(Float)
+    gpus: Mapped[float] = mapped_column(Float)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class OwnerLimits(Base):
     """One owner's own limits, set by the administrator; a missing value (or row) means
     the setting's default (services.quotas)."""
@@ -108,6 +126,16 @@ class OwnerLimits(Base):
     submissions_per_minute: Mapped[int | None] = mapped_column(Integer)
     max_dataset_bytes: Mapped[int | None] = mapped_column(BigInteger)
     max_job_runtime_s: Mapped[int | None] = mapped_column(Integer)
+
+
+class OwnerTurn(Base):
+    """When each owner was last served a job, as a claim number (services.lifecycle):
+    the owner served longest ago goes first. A counter, not a time, so that dispatchers
+    on machines whose clocks disagree still take turns in order."""
+    __tablename__ = "owner_turns"
+
+    owner: Mapped[str] = mapped_column(String(100), primary_key=True)
+    turn: Mapped[int] = mapped_column(BigInteger)  # the number of its latest claim, 1, 2, ...
 
 
 class Fold(Base):
@@ -131,6 +159,8 @@ class Fold(Base):
     confusion: Mapped[list | None] = mapped_column(JSON)  # on its test rows: [true][predicted]
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
     worker: Mapped[str | None] = mapped_column(String(200))  # host:pid of its latest attempt
+    # Each attempt, in order: {"attempt", "node" (the Ray node's id), "resumed_after_epoch"}.
+    nodes: Mapped[list | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -4,7 +4,7 @@ Each limit has a setting (CROSSFOLD_MAX_QUEUED_JOBS...) and may be overridden fo
 owner by the administrator (`crossfold keys limits`, the owner_limits table):
 - queued jobs and submissions in the last minute: a submission past them gets 429;
 - running folds: the dispatcher starts an owner's job only while that owner's unfinished
-  folds stay within it, and the owner running the fewest folds goes first
+  folds stay within it; within a priority, owners take turns
   (services.lifecycle.claim_next_job);
 - dataset storage: an upload that would keep more bytes than it allows gets 429;
 - a job's wall-clock time: `max_runtime_s` is capped by it, and the dispatcher fails a

@@ -5,18 +5,25 @@ Invalid values fail at start-up, not on the first job.
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import fields
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.quotas import Limits
+from workers.storage import has_credentials, with_options
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CROSSFOLD_", extra="ignore")
+    # validate_by_name: the S3 settings also read the standard AWS variables (aliases), and
+    # code and tests still set them by name. hide_input_in_errors: a start-up error must not
+    # print the values it was given (a secret key, a database URL's password).
+    model_config = SettingsConfigDict(env_prefix="CROSSFOLD_", extra="ignore", validate_by_name=True,
+                                      hide_input_in_errors=True)
 
     data_dir: Path = Path("crossfold-data")
     # Empty means: SQLite under data_dir. Set a postgresql+psycopg:// URL for production.
@@ -31,6 +38,25 @@ class Settings(BaseSettings):
     # Where datasets are stored, as a pyarrow.fs URI (s3://bucket/prefix on a cluster, which
     # every Ray node must reach). Empty means: a folder under data_dir.
     dataset_store: str = ""
+    # Where fold tasks keep epoch checkpoints to resume from and best checkpoints on their
+    # way to MLflow, as a pyarrow.fs URI every Ray node reaches. Empty means: a folder
+    # under data_dir. A job's are deleted when it ends.
+    checkpoint_store: str = ""
+    # The object store of s3:// stores. Its endpoint (http://minio:9000) and region go into
+    # the store URIs handed to fold tasks (store_uri), so any node opens the same store from
+    # the URI alone. Unset, each is read from the standard AWS variable; an empty endpoint
+    # means AWS itself.
+    s3_endpoint: str = Field("", validation_alias=AliasChoices(
+        "CROSSFOLD_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"))
+    s3_region: str = Field("", validation_alias=AliasChoices(
+        "CROSSFOLD_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"))
+    # S3 credentials never go into a URI: URIs are logged to MLflow (the dataset source) and
+    # shown in job JSON. Every process, and every Ray node, reads them from its environment
+    # (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), as any AWS client does. These two, when
+    # set, are exported there at start-up (export_s3_credentials): for this process's
+    # pyarrow and the local Ray it may start; a real cluster's nodes need the AWS variables.
+    s3_access_key_id: str = ""
+    s3_secret_access_key: SecretStr = SecretStr("")
     max_upload_bytes: int = Field(4 * 2**30, ge=1024, description="larger dataset uploads get 413")
     # Empty means: start a local Ray; RAY_ADDRESS (or this) joins an existing cluster.
     ray_address: str = ""
@@ -59,13 +85,24 @@ class Settings(BaseSettings):
     submissions_per_minute: int = Field(120, ge=1)
     max_dataset_bytes: int = Field(20 * 2**30, ge=1)
     max_job_runtime_s: int = Field(86_400, ge=1, le=30 * 86_400)
+    # The dispatcher's longest wait between ticks, and the pace at which progress is stored:
+    # a submission, a cancel or a fold task that returns wakes it sooner (services.wakeups);
+    # the poll is what finds the jobs of an API on SQLite in another process.
     poll_interval_s: float = Field(0.5, gt=0, le=10)
     # A dispatcher renews its jobs' leases every poll; a job whose lease lapses (its
     # dispatcher died) is adopted by another dispatcher.
     lease_s: float = Field(30.0, ge=1, le=3600)
     fold_max_retries: int = Field(2, ge=0, le=10)
-    # Jobs one dispatcher runs at once; the others wait in the queue.
-    max_active_jobs: int = Field(2, ge=1, le=1000)
+    # Jobs are started while the cluster has room for their folds (services.capacity);
+    # this bounds the jobs one dispatcher runs at once besides. None: no bound.
+    max_active_jobs: int | None = Field(None, ge=1, le=100_000)
+    # An autoscaler adds nodes on demand: a job no node can run yet waits, queued, with
+    # its reason shown, instead of being refused at submission.
+    cluster_can_grow: bool = False
+    # A `crossfold dispatcher` process serves its own metrics (tick durations, progress
+    # lag: services.metrics) on this port, on every address; None: not served. Under
+    # `crossfold serve` the API's /metrics has them.
+    dispatcher_metrics_port: int | None = Field(None, ge=1, le=65535)
 
     @field_validator("database_url")
     @classmethod
@@ -73,6 +110,20 @@ class Settings(BaseSettings):
         if url and not url.startswith(("sqlite", "postgresql")):
             raise ValueError("must be a sqlite:// or postgresql:// URL")
         return url
+
+    @field_validator("dataset_store", "checkpoint_store")
+    @classmethod
+    def _no_credentials(cls, uri: str) -> str:
+        if has_credentials(uri):
+            raise ValueError("must not hold credentials (it is logged and shown): set "
+                             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead")
+        return uri
+
+    @model_validator(mode="after")
+    def _both_s3_keys_or_neither(self) -> "Settings":
+        if bool(self.s3_access_key_id) != bool(self.s3_secret_access_key.get_secret_value()):
+            raise ValueError("set both CROSSFOLD_S3_ACCESS_KEY_ID and CROSSFOLD_S3_SECRET_ACCESS_KEY, or neither")
+        return self
 
     def requires_auth(self) -> bool:
         if self.auth_required is not None:
@@ -94,7 +145,32 @@ class Settings(BaseSettings):
         return self.mlflow_tracking_uri or f"sqlite:///{self.data_dir.resolve() / 'mlflow.db'}"
 
     def resolved_dataset_store(self) -> str:
-        return self.dataset_store or str(self.data_dir.resolve() / "datasets")
+        return self.store_uri(self.dataset_store) or str(self.data_dir.resolve() / "datasets")
+
+    def resolved_checkpoint_store(self) -> str:
+        return self.store_uri(self.checkpoint_store) or str(self.data_dir.resolve() / "checkpoints")
+
+    def store_uri(self, uri: str) -> str:
+        """A store as fold tasks receive it: an s3:// URI gains the endpoint and region
+        (options the URI sets itself win); other URIs are left as they are."""
+        return with_options(uri, self.s3_options()) if uri.startswith("s3://") else uri
+
+    def s3_options(self) -> dict[str, str]:
+        """The options of pyarrow's S3 URIs (S3FileSystem.from_uri) these settings give."""
+        options = {"region": self.s3_region} if self.s3_region else {}
+        if "://" in self.s3_endpoint:  # http://host:port: pyarrow wants the scheme apart
+            endpoint = urlsplit(self.s3_endpoint)
+            options |= {"endpoint_override": endpoint.netloc, "scheme": endpoint.scheme}
+        elif self.s3_endpoint:
+            options["endpoint_override"] = self.s3_endpoint
+        return options
+
+    def export_s3_credentials(self) -> None:
+        """Put the S3 credentials of these settings where pyarrow (and any Ray worker this
+        process starts) reads them: the standard AWS variables of this process."""
+        if self.s3_access_key_id:
+            os.environ["AWS_ACCESS_KEY_ID"] = self.s3_access_key_id
+            os.environ["AWS_SECRET_ACCESS_KEY"] = self.s3_secret_access_key.get_secret_value()
 
     def uploads_dir(self) -> Path:
         """Where uploads are received before they are checked and stored."""

@@ -18,6 +18,7 @@ from workers.config import (AdamConfig, CNNConfig, MLPConfig, MomentumConfig, Re
 MAX_HIDDEN_LAYERS = 8
 MAX_LAYER_WIDTH = 4096
 MAX_BATCH_SIZE = 1_000_000
+MAX_PRIORITY = 100  # priorities run from -100 to 100; 0 is the default
 
 
 class StrictModel(BaseModel):
@@ -47,6 +48,7 @@ Seed = integer(ge=0, le=2**31 - 1)
 Patience = integer(ge=1, le=1000)
 Folds = integer(ge=3, le=20)
 Epochs = integer(ge=1, le=10_000)
+Priority = integer(ge=-MAX_PRIORITY, le=MAX_PRIORITY)
 LearningRate = Annotated[float, Field(gt=0, le=10, description="α, > 0")]
 Beta = Annotated[float, Field(ge=0, lt=1, description="in [0, 1)")]
 Epsilon = Annotated[float, Field(gt=0, le=1)]
@@ -184,6 +186,9 @@ class JobSpec(StrictModel):
     max_runtime_s: integer(ge=1, le=30 * 86400) | None = Field(
         None, description="wall-clock seconds from its start after which the job's folds are "
                           "cancelled and it fails; at most your limit, which is the default")
+    priority: Priority = Field(
+        0, description="queued jobs of a higher priority start first, whoever owns them; within "
+                       "a priority, owners take turns and each owner's jobs start oldest first")
     checkpoint_interval_s: float = Field(
         10.0, ge=0, le=3600, description="seconds between epoch checkpoints (0: every epoch); a "
                                          "fold whose worker dies resumes from the last one")

@@ -30,9 +30,10 @@ from services.quotas import (Limits, QuotaExceeded, check_job_fits, check_submis
                              submission_usage)
 from services.spec import JobSpec
 from services.states import FoldStatus, JobStatus
+from services.wakeups import announce
 
 JOB_COLUMNS = ("id", "name", "owner", "spec", "data", "dataset_id", "status", "cancel_requested",
-               "idempotency_key", "request_hash", "created_at")
+               "idempotency_key", "request_hash", "priority", "created_at")
 
 
 @dataclass
@@ -57,7 +58,7 @@ def prepare(spec: JobSpec, data: JobData, owner: str = LOCAL_OWNER,
     """Build a job on its resolved data (services.job_data.resolve); nothing stored yet."""
     job = Job(id=str(uuid.uuid4()), name=spec.name, owner=owner, spec=spec.model_dump(mode="json"),
               data=data.as_json(), dataset_id=data.dataset_id, status=JobStatus.QUEUED,
-              cancel_requested=False, idempotency_key=idempotency_key,
+              cancel_requested=False, idempotency_key=idempotency_key, priority=spec.priority,
               request_hash=request_hash(spec), created_at=datetime.now(timezone.utc))
     job.folds = [Fold(index=i, status=FoldStatus.PENDING, attempts=0, epoch=0)
                  for i in range(spec.cv.folds)]
@@ -80,6 +81,8 @@ def store(session: Session, submissions: list[Submission], limits: Limits | None
         refused = admit(session, submissions, limits) if limits else {}
         admitted = [s for s in submissions if s.job.id not in refused]
         stored = insert_jobs(session, [s.job for s in admitted]) if admitted else set()
+        if stored:
+            announce(session)  # dispatchers on other connections start them once committed
         # In the same transaction: it sees its own rows and, once ON CONFLICT has waited
         # for another transaction's, those too.
         outcomes = [refused[s.job.id] if s.job.id in refused else

@@ -14,10 +14,15 @@ import json
 import logging
 import re
 import secrets
+import shutil
 import tempfile
+import threading
 import uuid
 import time
 import warnings
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 
 from urllib.parse import quote
@@ -32,6 +37,10 @@ from services.reports import class_report, confusion_png
 
 log = logging.getLogger(__name__)
 PARAMS_PER_BATCH = 100  # MLflow's limit for one log_batch call
+# MLflow has no call that writes into several runs: a tick's writes are one log_batch per
+# run, this many at once against a server (its HTTP pool holds 10 connections). A local
+# store takes them one at a time: concurrent writers on SQLite would wait on its lock.
+SERVER_WRITERS = 8
 WORKERS = Path(__file__).resolve().parents[1] / "workers"  # the exported models' code
 MODEL_NEEDS = ["torch", "numpy", "pandas", "mlflow"]
 # Arrow types as an MLflow signature has them. Numbers are declared double, as a table read
@@ -71,6 +80,23 @@ def transient(error: BaseException) -> bool:
     return False
 
 
+class RunWrites:
+    """What one dispatcher tick writes into MLflow runs: epochs' metrics and tags, sent
+    together by Tracker.write. An epoch's metrics carry the worker's stamp, so that
+    writing them again (a tick that failed after MLflow took them) adds nothing: MLflow
+    keeps one of identical metrics (key, value, step, timestamp)."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, list[Metric]] = defaultdict(list)
+        self.tags: dict[str, dict[str, str]] = defaultdict(dict)
+
+    def epoch(self, run_id: str, epoch: int, metrics: dict[str, float], stamp_ms: int) -> None:
+        self.metrics[run_id] += [Metric(key, value, stamp_ms, epoch) for key, value in metrics.items()]
+
+    def tag(self, run_id: str, key: str, value: str) -> None:
+        self.tags[run_id][key] = value  # set twice in a tick: the later value, as set_tag would leave
+
+
 class Tracker:
     def __init__(self, *, tracking_uri: str, artifacts_dir: Path | None = None,
                  access: MlflowAccess | None = None):
@@ -80,6 +106,7 @@ class Tracker:
         experiments; None where MLflow has none (the embedded, single-owner default)."""
         self.client = MlflowClient(tracking_uri)
         self.artifacts_dir, self.access = artifacts_dir, access
+        self.writers = SERVER_WRITERS if tracking_uri.startswith(("http://", "https://")) else 1
 
     def ensure_store(self) -> None:
         """Create (and migrate) the store once, before anything else opens it: several
@@ -167,6 +194,24 @@ class Tracker:
         stamp = int(time.time() * 1000) if stamp_ms is None else stamp_ms
         self.client.log_batch(run_id, metrics=[Metric(k, v, stamp, epoch) for k, v in metrics.items()])
 
+    def write(self, writes: RunWrites) -> None:
+        """Everything collected in `writes`: one log_batch per run (MLflow's client splits
+        one past its limits), several runs at once against a server. Returns once every
+        call has ended, raising the first error, if any: the runs that were written are
+        then written again by the caller's next try, which adds nothing (see RunWrites)."""
+        runs = sorted(writes.metrics.keys() | writes.tags.keys())
+        if len(runs) <= 1 or self.writers == 1:
+            for run_id in runs:
+                self.write_run(run_id, writes)
+            return
+        with ThreadPoolExecutor(min(self.writers, len(runs)), thread_name_prefix="mlflow-write") as pool:
+            for _ in pool.map(lambda run_id: self.write_run(run_id, writes), runs):
+                pass
+
+    def write_run(self, run_id: str, writes: RunWrites) -> None:
+        tags = [RunTag(key, value) for key, value in writes.tags.get(run_id, {}).items()]
+        self.client.log_batch(run_id, metrics=writes.metrics.get(run_id, []), tags=tags)
+
     def finish_fold(self, run_id: str, *, status: str, test_metrics: dict[str, float] | None = None,
                     best: dict[str, float] | None = None, checkpoint: bytes | None = None,
                     model: dict | None = None, error: str | None = None) -> None:
@@ -221,19 +266,12 @@ class Tracker:
         copied into the model with the rest of `workers`, so it needs MLflow, torch and
         numpy only. `about`: the model's settings, input shape, outputs, task, the fold's
         preprocessing (workers.fold.prepare) and the raw feature columns' schema."""
-        import mlflow.pyfunc
-
         with tempfile.TemporaryDirectory() as tmp:
-            data = Path(tmp) / "data"
-            data.mkdir()
+            model = MODEL_TEMPLATES.copy(signature_of(about), Path(tmp) / "model")
+            data = model / MODEL_DATA
             (data / "best.pt").write_bytes(checkpoint)
             (data / "model.json").write_text(json.dumps({k: v for k, v in about.items() if k != "schema"}))
-            with warnings.catch_warnings():  # the signature says the columns; no example rows here
-                warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-                mlflow.pyfunc.save_model(
-                    Path(tmp) / "model", loader_module="workers.exported", data_path=str(data),
-                    code_paths=[str(WORKERS)], signature=signature_of(about), pip_requirements=MODEL_NEEDS)
-            self.client.log_artifacts(run_id, str(Path(tmp) / "model"), artifact_path="model")
+            self.client.log_artifacts(run_id, str(model), artifact_path="model")
 
     def tag(self, run_id: str, key: str, value: str) -> None:
         self.client.set_tag(run_id, key, value)
@@ -261,6 +299,55 @@ def signature_of(about: dict):
     output = "string" if any(isinstance(c, str) for c in classes) else \
         ("long" if classes else "double")
     return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(output)]))
+
+
+MODEL_DATA = Path("data") / "data"  # where save_model puts its data_path (a folder named data)
+
+
+class ModelTemplates:
+    """Exported models without their data (best.pt, model.json), one per signature, made
+    once: every fold of a job, and every job on the same columns, has the same MLmodel,
+    environment files and code, and mlflow's save_model takes about 0.1 s of the
+    dispatcher's time (YAML, version checks) at the end of every fold. Each copy gets an
+    MLmodel of its own: its own model_uuid and creation time."""
+
+    KEPT = 16  # signatures kept; the oldest goes
+
+    def __init__(self) -> None:
+        self.folder: tempfile.TemporaryDirectory | None = None  # removed with this process
+        self.made: dict[str, Path] = {}
+        self.lock = threading.Lock()
+
+    def copy(self, signature, to: Path) -> Path:
+        with self.lock:
+            shutil.copytree(self.template(signature), to)
+        mlmodel = to / "MLmodel"
+        created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+        text = re.sub(r"^model_uuid: .*$", f"model_uuid: {uuid.uuid4().hex}", mlmodel.read_text(), flags=re.M)
+        mlmodel.write_text(re.sub(r"^utc_time_created: .*$", f"utc_time_created: '{created}'", text, flags=re.M))
+        return to
+
+    def template(self, signature) -> Path:
+        import mlflow.pyfunc
+
+        key = json.dumps(signature.to_dict(), sort_keys=True)
+        if key in self.made:
+            return self.made[key]
+        if self.folder is None:
+            self.folder = tempfile.TemporaryDirectory(prefix="crossfold-models-")
+        made = Path(tempfile.mkdtemp(dir=self.folder.name))
+        (made / "data").mkdir()
+        with warnings.catch_warnings():  # the signature says the columns; no example rows here
+            warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+            mlflow.pyfunc.save_model(made / "model", loader_module="workers.exported", data_path=str(made / "data"),
+                                     code_paths=[str(WORKERS)], signature=signature, pip_requirements=MODEL_NEEDS)
+        if len(self.made) >= self.KEPT:
+            shutil.rmtree(self.made.pop(next(iter(self.made))).parent, ignore_errors=True)
+        self.made[key] = made / "model"
+        return self.made[key]
+
+
+MODEL_TEMPLATES = ModelTemplates()
 
 
 EXPERIMENT = "experiment"  # MLflow's resource type for an experiment's permissions

@@ -3,6 +3,7 @@ real MLflow stores in temporary folders, and the whole service (`stack`). Helper
 are not fixtures are in tests/helpers.py."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from services.dataset_store import DatasetStore
 from services.datasets import register_bundled
 from services.settings import Settings
 from tests.helpers import fresh_database, running_service
+from tests.s3 import S3_CREDENTIALS
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -61,8 +63,12 @@ def client(settings, sessions):
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for the whole test session (starting one takes seconds)."""
+    """One local Ray for the whole test session (starting one takes seconds). Its workers
+    keep the environment they start with: the test S3 server's credentials are put there
+    first, as every node of a real cluster holds its own (tests/test_s3.py)."""
     import ray
+    for name, value in S3_CREDENTIALS.items():
+        os.environ.setdefault(name, value)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

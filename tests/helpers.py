@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -192,10 +193,13 @@ def user_exists(name: str) -> bool:
 
 
 @contextmanager
-def running_service(database_url: str, folder: Path, lease_s: float = 30.0):
+def running_service(database_url: str, folder: Path, lease_s: float = 30.0, poll_interval_s: float = 0.2,
+                    share_wakeup: bool = True, **overrides):
     """The whole service in this process: the HTTP API (real uvicorn) → the database → a
     dispatcher → the test session's Ray → an MLflow store in `folder`. Yields (HTTP
-    client, tracker, dispatcher)."""
+    client, tracker, dispatcher). `share_wakeup`: the API wakes the dispatcher in-process,
+    as `crossfold serve` does; False: as an API in another process (PostgreSQL's NOTIFY,
+    or the poll alone on SQLite). `overrides`: more settings."""
     import httpx
 
     from api.main import create_app
@@ -205,17 +209,21 @@ def running_service(database_url: str, folder: Path, lease_s: float = 30.0):
     from services.dispatcher import Dispatcher
     from services.settings import Settings
     from services.tracking import Tracker
-    settings = Settings(data_dir=folder, database_url=database_url, poll_interval_s=0.2, lease_s=lease_s)
+    settings = Settings(data_dir=folder, database_url=database_url, poll_interval_s=0.2, lease_s=lease_s,
+                        **overrides)
     engine = make_engine(database_url)
     upgrade_schema(engine)
     tracker = Tracker(tracking_uri=settings.resolved_tracking_uri(), artifacts_dir=settings.artifacts_dir())
-    dispatcher = Dispatcher(sessions=session_factory(engine), cluster=Cluster(), tracker=tracker,
+    cluster = Cluster(checkpoints=settings.resolved_checkpoint_store())
+    dispatcher = Dispatcher(sessions=session_factory(engine), cluster=cluster, tracker=tracker,
                             store=DatasetStore(settings.resolved_dataset_store()),
-                            max_active_jobs=settings.max_active_jobs, poll_interval_s=0.2, lease_s=lease_s)
+                            max_active_jobs=settings.max_active_jobs, poll_interval_s=poll_interval_s,
+                            lease_s=lease_s, cluster_can_grow=settings.cluster_can_grow)
     stop = threading.Event()
     threading.Thread(target=dispatcher.run_forever, args=(stop,), daemon=True).start()
     try:
-        with served(create_app(settings)) as base, httpx.Client(base_url=base, timeout=30) as http:
+        app = create_app(settings, wakeup=dispatcher.wakeup if share_wakeup else None)
+        with served(app) as base, httpx.Client(base_url=base, timeout=30) as http:
             yield http, tracker, dispatcher
     finally:
         stop.set()
@@ -223,28 +231,51 @@ def running_service(database_url: str, folder: Path, lease_s: float = 30.0):
 
 
 @contextmanager
-def mlflow_server(folder: Path, port: int, auth_config: Path | None = None) -> Iterator[str]:
-    """A real `mlflow server` on loopback (SQLite store, artifacts proxied to `folder`),
-    with its basic-auth app when given its config; yields its URL once it answers."""
+def mlflow_server(folder: Path, port: int, auth_config: Path | None = None, *,
+                  backend_store: str | None = None, workers: int = 1, startup_s: float = 90) -> Iterator[str]:
+    """A real `mlflow server` on loopback (a SQLite store in `folder`, or `backend_store`,
+    say postgresql+psycopg://...; artifacts proxied to `folder`), with its basic-auth app
+    when given its config; yields its URL once it answers."""
     import requests
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-               "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-               "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"]
-    env = dict(os.environ)
+               "--backend-store-uri", backend_store or f"sqlite:///{folder / 'mlflow.db'}",
+               "--artifacts-destination", str(folder / "artifacts"), "--workers", str(workers)]
+    # MLflow's job runner (GenAI jobs, unused here) is seven more processes to start, and
+    # they outlived the server's own termination.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     if auth_config is not None:
         command[4:4] = ["--app-name", "basic-auth"]
         env.update(MLFLOW_AUTH_CONFIG_PATH=str(auth_config), MLFLOW_FLASK_SERVER_SECRET_KEY="tests")
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A session of its own: the server and its worker processes are stopped together.
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
         try:
             return requests.get(f"{url}/health", timeout=2).status_code == 200
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not up yet, or still starting
             return False
     try:
-        wait_for(healthy, 90, 0.5)
+        wait_for(healthy, startup_s, 0.5)
         yield url
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_group(server)
+
+
+def stop_group(process: subprocess.Popen, grace_s: float = 30) -> None:
+    """Stop a process started in a session of its own, and every process of its group."""
+    signal_group(process, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    signal_group(process, signal.SIGKILL)  # those that did not stop when asked, if any
+    process.wait(timeout=grace_s)
+
+
+def signal_group(process: subprocess.Popen, number: int) -> None:
+    try:
+        os.killpg(process.pid, number)
+    except ProcessLookupError:  # the whole group has ended
+        pass

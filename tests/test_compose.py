@@ -1,7 +1,8 @@
 """The production layout: docker-compose.yml and the deploy/ scripts it mounts. Parsed, not
-run (no Docker engine here): every command is a real entry point, every setting exists,
-each service receives only the credentials it uses, no password is written in the file,
-and the scripts do what the services count on."""
+run (no Docker engine here): every command is a real entry point, every setting exists and
+is valid, every host a service names is a service it waits for, the stores are the object
+store's bucket, each service receives only the credentials it uses, no password is written
+in the file, and the scripts do what the services count on."""
 from __future__ import annotations
 
 import copy
@@ -14,7 +15,7 @@ import subprocess
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -28,12 +29,35 @@ SERVICES = COMPOSE["services"]
 
 
 def test_compose_has_every_production_service():
-    assert set(SERVICES) == {"postgres", "mlflow", "ray-head", "ray-gpu-worker", "api", "dispatcher"}
+    assert set(SERVICES) == {"postgres", "mlflow", "minio", "minio-init", "ray-head", "ray-gpu-worker",
+                             "api", "dispatcher"}
     gpu = SERVICES["ray-gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"] and "--num-gpus=1" in SERVICES["ray-gpu-worker"]["command"]
 
 
-@pytest.mark.parametrize("name", [n for n, s in SERVICES.items() if "command" in s])
+# The images not built from this repository, and the subcommands of their programs that the
+# file may run (MinIO's image runs `minio <command>`; PostgreSQL's, its own start-up).
+EXTERNAL_COMMANDS = {"postgres:16": set(), "minio/minio": {"server"}}
+
+
+@pytest.mark.parametrize("name", [n for n, s in SERVICES.items() if s.get("image") != "crossfold:latest"])
+def test_each_other_image_is_known_and_runs_a_command_it_has(name):
+    service = SERVICES[name]
+    assert service["image"] in EXTERNAL_COMMANDS, f"{name}: an image the tests do not know"
+    if "command" in service:
+        assert service["command"][0] in EXTERNAL_COMMANDS[service["image"]], name
+
+
+@pytest.mark.parametrize("name", [n for n, s in SERVICES.items() if "entrypoint" in s])
+def test_each_entrypoint_is_a_deploy_script_the_service_mounts(name):
+    service = SERVICES[name]
+    shell, script = service["entrypoint"]
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in service.get("volumes", [])}
+    assert shell == "sh" and mounts[script].startswith("./deploy/"), name
+
+
+@pytest.mark.parametrize("name", [n for n, s in SERVICES.items()
+                                  if "command" in s and s.get("image") == "crossfold:latest"])
 def test_each_compose_command_is_a_real_entry_point(name):
     command = SERVICES[name]["command"]
     scripts = {ep.name for ep in entry_points(group="console_scripts")}
@@ -64,10 +88,162 @@ def mlflow_environment_variables() -> set[str]:
 def test_compose_sets_only_settings_that_exist():
     known = {f"CROSSFOLD_{name.upper()}" for name in Settings.model_fields}
     known |= {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"} | mlflow_environment_variables()
+    known |= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}  # read by pyarrow's S3 client
     assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_AUTH_CONFIG_PATH"} <= known
     for name, service in SERVICES.items():
         if service.get("image") == "crossfold:latest":
             assert set(environment_of(service)) <= known, name
+
+
+def settings_of(name: str, monkeypatch) -> Settings:
+    """The settings a crossfold service reads from its compose environment, interpolations
+    filled with placeholders: the values must be valid, not only the names."""
+    for variable in os.environ:
+        if variable.startswith(("CROSSFOLD_", "AWS_")):
+            monkeypatch.delenv(variable)
+    for key, value in environment_of(SERVICES[name]).items():
+        monkeypatch.setenv(key, INTERPOLATION.sub("placeholder", value))
+    return Settings()
+
+
+def dependencies_of(service: dict) -> dict[str, str]:
+    """depends_on as {service: condition} (compose accepts a list or a mapping)."""
+    depends_on = service.get("depends_on") or {}
+    if isinstance(depends_on, list):
+        return dict.fromkeys(depends_on, "service_started")
+    return {target: (how or {}).get("condition", "service_started") for target, how in depends_on.items()}
+
+
+def waits_for(name: str) -> set[str]:
+    """Every service `name` starts after, directly or through others."""
+    direct = set(dependencies_of(SERVICES[name]))
+    return direct.union(*(waits_for(other) for other in direct))
+
+
+# A host:port in a value (a URL's host, `--address=host:port`, `host:port,host:port`).
+HOST_PORT = re.compile(r"(?:^|[/@=,])([a-z][a-z0-9.-]*):(\d{2,5})\b")
+LOCAL_NAMES = {"localhost", "0.0.0.0", "127.0.0.1"}  # the host's, for links and the UI
+
+
+def hosts_named(service: dict) -> set[str]:
+    texts = [*environment_of(service).values(), *map(str, service.get("command", []))]
+    return {host for text in texts for host, _ in HOST_PORT.findall(text)} - LOCAL_NAMES
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_each_dependency_exists_and_each_host_named_is_a_service_waited_for(name):
+    service = SERVICES[name]
+    for target, condition in dependencies_of(service).items():
+        assert target in SERVICES, f"{name} depends on {target}, which is not a service"
+        if condition == "service_healthy":
+            assert "healthcheck" in SERVICES[target], f"{name} waits for {target}'s health, never checked"
+        if condition == "service_completed_successfully":
+            assert target in ONE_SHOT, f"{name} waits for {target} to exit, and it never does"
+    assert hosts_named(service) - {name} <= waits_for(name), f"{name} starts before a service it calls"
+
+
+ONE_SHOT = {"minio-init"}  # the services that do their work and exit
+STORE_USERS = {"api", "dispatcher", "ray-gpu-worker"}  # whoever opens the dataset or checkpoint store
+
+
+def test_every_named_volume_is_declared_and_used():
+    used = {volume.split(":")[0] for service in SERVICES.values() for volume in service.get("volumes", [])
+            if not volume.startswith(("./", "/"))}
+    assert used == set(COMPOSE["volumes"])
+
+
+def test_the_api_and_the_dispatcher_read_valid_settings_and_share_the_stores(monkeypatch):
+    api, dispatcher = settings_of("api", monkeypatch), settings_of("dispatcher", monkeypatch)
+    assert api.resolved_dataset_store() == dispatcher.resolved_dataset_store()  # uploads are what jobs read
+    assert api.resolved_checkpoint_store() == dispatcher.resolved_checkpoint_store()
+    assert api.resolved_database_url() == dispatcher.resolved_database_url()
+    assert dispatcher.ray_address and dispatcher.mlflow_tracking_uri and dispatcher.mlflow_auth
+
+
+def store_uris(monkeypatch) -> list[str]:
+    settings = settings_of("dispatcher", monkeypatch)  # the URIs it hands to fold tasks
+    return [settings.resolved_dataset_store(), settings.resolved_checkpoint_store()]
+
+
+def test_the_stores_are_in_the_bucket_minio_init_creates_on_the_object_store_service(monkeypatch):
+    init = environment_of(SERVICES["minio-init"])
+    for uri in store_uris(monkeypatch):
+        parts = urlsplit(uri)
+        options = {key: value for key, [value] in parse_qs(parts.query).items()}
+        assert parts.scheme == "s3" and parts.hostname == init["STORE_BUCKET"], uri
+        # Any node opens it from the URI alone: the endpoint is in it, and it is MinIO
+        # (which serves S3 on port 9000 unless its command says otherwise).
+        host, port = options["endpoint_override"].split(":")
+        assert SERVICES[host]["image"] == "minio/minio" and "--address" not in SERVICES[host]["command"]
+        assert (port, options["scheme"]) == ("9000", "http")
+        assert "@" not in parts.netloc  # no credentials: URIs are logged
+
+
+def test_each_service_that_opens_a_store_logs_in_as_the_user_minio_init_creates():
+    init = environment_of(SERVICES["minio-init"])
+    secret_variable = COMPOSE["secrets"]["crossfold_s3_secret_key"]["environment"]
+    for name, service in SERVICES.items():
+        environment = environment_of(service)
+        if name in STORE_USERS:
+            assert environment["AWS_ACCESS_KEY_ID"] == init["STORE_USER"], name
+            assert INTERPOLATION.findall(environment["AWS_SECRET_ACCESS_KEY"]) == [secret_variable], name
+            assert {"minio-init", "minio"} <= waits_for(name)
+        else:
+            assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(environment), name
+    assert environment_of(SERVICES["minio"])["MINIO_ROOT_USER"] == init["MINIO_ROOT_USER"]
+
+
+FAKE_MC = """#!/bin/sh
+# Records each call; answers `admin user info` as MinIO does for a user with the policy.
+echo "$*" >> "$MC_LOG"
+case "$1 $2" in "admin policy") [ "$3" = create ] && cp "$6" "$MC_LOG.policy" ;; esac
+case "$*" in *"admin user info"*) echo "PolicyName: crossfold-stores" ;; esac
+[ -z "${MC_ATTACH_FAILS:-}" ] || case "$*" in *"policy attach"*) exit 1 ;; esac
+"""
+
+
+def run_minio_init(tmp_path: Path, secrets: dict[str, str], **extra: str):
+    folder = tmp_path / "secrets"
+    folder.mkdir(exist_ok=True)
+    for name, value in secrets.items():
+        (folder / name).write_text(value)
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    mc = tmp_path / "bin" / "mc"
+    mc.write_text(FAKE_MC)
+    mc.chmod(0o755)
+    environment = {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "SECRETS_DIR": str(folder),
+                   "MC_LOG": str(tmp_path / "mc.log"), **environment_of(SERVICES["minio-init"]), **extra}
+    return subprocess.run(["sh", str(ROOT / "deploy" / "minio-init.sh")], env=environment,
+                          capture_output=True, text=True, timeout=60)
+
+
+MINIO_SECRETS = {"minio_root_password": "root-password\n", "crossfold_s3_secret_key": "store-secret-key"}
+
+
+@pytest.mark.parametrize("attached_before", [False, True], ids=["first-run", "run-again"])
+def test_minio_init_creates_the_bucket_and_user_the_services_use(tmp_path, monkeypatch, attached_before):
+    extra = {"MC_ATTACH_FAILS": "1"} if attached_before else {}
+    out = run_minio_init(tmp_path, MINIO_SECRETS, **extra)
+    assert out.returncode == 0, out.stderr
+    bucket = urlsplit(store_uris(monkeypatch)[0]).hostname
+    user = environment_of(SERVICES["api"])["AWS_ACCESS_KEY_ID"]
+    calls = (tmp_path / "mc.log").read_text().splitlines()
+    assert calls[0] == "alias set store http://minio:9000 minio-admin root-password"
+    assert f"mb --ignore-existing store/{bucket}" in calls
+    assert f"admin user add store {user} store-secret-key" in calls
+    assert f"admin policy attach store crossfold-stores --user {user}" in calls
+    # The user may use that bucket and nothing else.
+    policy = json.loads((tmp_path / "mc.log.policy").read_text())
+    resources = {r for statement in policy["Statement"] for r in statement["Resource"]}
+    assert resources == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}
+    assert not any(action.startswith("admin:") or action == "s3:*"
+                   for statement in policy["Statement"] for action in statement["Action"])
+
+
+def test_minio_init_refuses_a_missing_secret(tmp_path):
+    out = run_minio_init(tmp_path, {"minio_root_password": "root-password"})
+    assert out.returncode != 0 and "crossfold_s3_secret_key is missing or empty" in out.stderr
+    assert not (tmp_path / "mc.log").exists()
 
 
 # Security: each secret, named by the environment variable it is read from when compose
@@ -82,6 +258,9 @@ CREDENTIALS = {
     "MLFLOW_ADMIN_PASSWORD": {"mlflow", "dispatcher"},
     "MLFLOW_FLASK_SECRET_KEY": {"mlflow"},
     "RAY_AUTH_TOKEN": {"ray-head", "ray-gpu-worker", "dispatcher"},
+    "MINIO_ROOT_PASSWORD": {"minio", "minio-init"},
+    # The stores' S3 user: whoever opens a store (uploads; fold tasks' data and checkpoints).
+    "CROSSFOLD_S3_SECRET_KEY": {"minio-init", "api", "dispatcher", "ray-gpu-worker"},
 }
 # The environment variables that carry a secret (or name its file), and who may have them.
 CREDENTIAL_SETTINGS = {
@@ -91,6 +270,8 @@ CREDENTIAL_SETTINGS = {
     "CROSSFOLD_DATABASE_URL": {"api", "dispatcher"},
     "MLFLOW_TRACKING_PASSWORD": {"dispatcher"},
     "RAY_AUTH_TOKEN": {"ray-head", "ray-gpu-worker", "dispatcher"},
+    "MINIO_ROOT_PASSWORD_FILE": {"minio"},
+    "AWS_SECRET_ACCESS_KEY": {"api", "dispatcher", "ray-gpu-worker"},
 }
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)[^}]*\}")
 ONLY_AN_INTERPOLATION = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:?\?[^}]*)?\}")
@@ -193,9 +374,14 @@ def with_change(path: str, value):
                  "postgresql://crossfold:crossfold@postgres:5432/crossfold"), literal_secrets),
     (with_change("services/postgres/environment/POSTGRES_PASSWORD_FILE", "/etc/pw"), literal_secrets),
     (with_change("secrets/mlflow_admin_password", {"file": "./deploy/admin-password"}), literal_secrets),
+    (with_change("services/ray-head/environment", {"AWS_SECRET_ACCESS_KEY": "${CROSSFOLD_S3_SECRET_KEY}"}),
+     credential_mismatches),
+    (with_change("services/api/secrets", ["minio_root_password"]), credential_mismatches),
+    (with_change("services/api/environment/AWS_SECRET_ACCESS_KEY", "minio-secret"), literal_secrets),
 ], ids=["ray-token-to-api", "database-to-worker", "database-url-to-worker", "mlflow-login-to-api",
         "mlflow-lacks-its-admin-password", "mlflow-login-to-ray", "literal-superuser-password",
-        "literal-url-password", "password-file-not-a-secret", "secret-from-a-file"])
+        "literal-url-password", "password-file-not-a-secret", "secret-from-a-file", "s3-key-to-ray-head",
+        "minio-root-to-api", "literal-s3-key"])
 def test_the_credential_checks_catch(compose, check):
     assert check(compose) != []
 
@@ -241,14 +427,16 @@ def test_only_the_api_mlflow_and_the_local_ray_dashboard_publish_ports():
     published = {name: [str(port) for port in service["ports"]]
                  for name, service in SERVICES.items() if service.get("ports")}
     # The Ray dashboard (and its job-submission API, which runs code) on the host's loopback.
-    assert published == {"api": ["8000:8000"], "mlflow": ["5000:5000"], "ray-head": ["127.0.0.1:8265:8265"]}
+    assert published == {"api": ["8000:8000"], "mlflow": ["5000:5000"], "ray-head": ["127.0.0.1:8265:8265"],
+                         "minio": ["127.0.0.1:9001:9001"]}  # MinIO's console, for operators
 
 
 def test_the_deploy_scripts_exist_and_compose_mounts_each():
     mounted = {volume.split(":")[0]: volume.split(":")[1] for service in SERVICES.values()
                for volume in service.get("volumes", []) if volume.startswith("./")}
     scripts = {f"./deploy/{path.name}" for path in (ROOT / "deploy").iterdir()}
-    assert scripts == {"./deploy/postgres-init.sh", "./deploy/mlflow-entrypoint.sh"}
+    assert scripts == {"./deploy/postgres-init.sh", "./deploy/mlflow-entrypoint.sh", "./deploy/minio-init.sh",
+                       "./deploy/join-ray.sh"}
     assert set(mounted) == scripts
     assert mounted["./deploy/postgres-init.sh"].startswith("/docker-entrypoint-initdb.d/")
     for script in scripts:
@@ -346,3 +534,16 @@ def test_the_postgres_init_script_creates_roles_that_are_not_superusers(tmp_path
         engine.dispose()
     finally:
         server.remove()
+
+
+def test_the_dispatcher_joins_the_ray_cluster_as_a_node_that_runs_no_folds():
+    """A Ray driver attaches to a node on its own machine: the dispatcher's container
+    starts one (no CPUs, no GPUs, so no fold lands there) before its command."""
+    dispatcher = SERVICES["dispatcher"]
+    assert dispatcher["entrypoint"] == ["sh", "/deploy/join-ray.sh"]
+    script = (ROOT / "deploy" / "join-ray.sh").read_text()
+    start = next(line for line in script.splitlines() if line.startswith("ray start"))
+    start += next(line for line in script.splitlines() if "--num-cpus" in line)
+    assert '--address="${CROSSFOLD_RAY_ADDRESS' in start and "--num-cpus=0" in start and "--num-gpus=0" in start
+    assert 'exec "$@"' in script
+    assert environment_of(dispatcher)["CROSSFOLD_RAY_ADDRESS"] == "ray-head:6379"

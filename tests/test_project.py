@@ -48,6 +48,7 @@ GPU_MACHINE_HAS = set(sys.stdlib_module_names) | {"__future__", "torch", "numpy"
 # Read Parquet, importing pyarrow inside functions (or skipping without it): the GPU
 # machine's worker tests run without it, and streaming (workers.stream) needs it.
 LAZY_PYARROW = {ROOT / "workers" / "table.py", ROOT / "workers" / "stream" / "source.py",
+                ROOT / "workers" / "storage.py", ROOT / "workers" / "checkpoint_store.py",
                 *(ROOT / "tests" / "workers" / name for name in ("test_task.py", "test_stream_fold.py",
                                                                 "test_stream_stats.py", "test_stream_batches.py"))}
 

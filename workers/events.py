@@ -14,6 +14,7 @@ class FoldStarted:
     device: str
     worker: str                  # host:pid, to tell attempts apart
     resumed_after_epoch: int     # 0 when it starts from scratch
+    node: str = ""               # the Ray node it runs on (its id), where there is one
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,11 @@ class Table:
 
 def read_table(uri: str, features: list[str], label: str) -> Table:
     """The `features` and `label` columns of a Parquet file, by pyarrow.fs URI."""
-    import pyarrow.fs as fs
     import pyarrow.parquet as pq
 
-    filesystem, path = fs.FileSystem.from_uri(uri)
+    from workers.storage import filesystem_of
+
+    filesystem, path = filesystem_of(uri)
     with filesystem.open_input_file(path) as source:
         table = pq.read_table(source, columns=[*features, label])
     return Table({name: as_array(table.column(name)) for name in features}, as_array(table.column(label)))

@@ -52,7 +52,7 @@ def worker_name() -> str:
 
 
 def run_task(source: TableSource, plans: list[FoldPlan], config: TrainingConfig, *, job_id: str,
-             board: Board, gpu_assigned: bool) -> list[FoldResult]:
+             board: Board, gpu_assigned: bool, node: str = "") -> list[FoldResult]:
     """Train these folds (one, or all of a job's when packed) and report on the board.
     The task reads its own data: only the columns its job uses."""
     if not config.pack_folds and len(plans) != 1:
@@ -62,7 +62,7 @@ def run_task(source: TableSource, plans: list[FoldPlan], config: TrainingConfig,
     resume_from = board.checkpoint(key)  # set when this is a retry
     resumed_after = checkpoint_epoch(resume_from) if resume_from else 0
     for plan in plans:
-        board.report(FoldStarted(job_id, plan.index, str(device), worker_name(), resumed_after))
+        board.report(FoldStarted(job_id, plan.index, str(device), worker_name(), resumed_after, node))
 
     def report(fold: int, epoch: EpochReport) -> None:
         board.report(EpochEnded(job_id, fold, epoch.epoch, epoch.metrics, epoch.best_epoch,

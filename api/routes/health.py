@@ -1,4 +1,7 @@
-"""/healthz: whether the service can do its work, and if not, what is down."""
+"""/healthz: whether the API can do its work (its database answers); /readyz: whether
+the whole service can (its database, Ray and MLflow answer), and if not, what is down.
+Neither needs an API key, as probes (a load balancer, Kubernetes) send none; neither
+names an address (services.public_errors)."""
 from __future__ import annotations
 
 from typing import Literal
@@ -11,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from services.database import reason, unreachable
 from services.public_errors import public_message
+from services.readiness import is_ok
 
 router = APIRouter(tags=["health"])
 
@@ -35,3 +39,20 @@ def healthz(request: Request) -> JSONResponse:
                             status_code=503, headers={"Retry-After": "5"})
     request.app.state.database.succeeded()
     return JSONResponse({"status": "ok", "database": "ok"})
+
+
+class Ready(BaseModel):
+    status: Literal["ok", "unavailable"]
+    database: str  # "ok", or why not
+    ray: str
+    mlflow: str
+
+
+@router.get("/readyz", response_model=Ready,
+            responses={503: {"model": Ready, "description": "a dependency does not answer: "
+                                                                  "each says ok or why not"}})
+def readyz(request: Request) -> JSONResponse:
+    checks = request.app.state.readiness.current()  # at most one round of checks a second
+    ready = all(is_ok(status) for status in checks.values())
+    return JSONResponse({"status": "ok" if ready else "unavailable", **checks},
+                        status_code=200 if ready else 503, headers={} if ready else {"Retry-After": "5"})

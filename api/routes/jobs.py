@@ -19,6 +19,7 @@ from api.batching import batcher_for
 from api.deps import OwnerDep, SessionDep, SettingsDep
 from api.schemas import JobOut, JobPage, job_out
 from services import jobs
+from services.capacity import check_runnable
 from services.job_data import GENERATED, JobData, resolve
 from services.memory import check_memory, loading_of
 from services.spec import JobSpec
@@ -37,6 +38,8 @@ IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, desc
                         404: {"description": "the job names a dataset you cannot see"},
                         409: {"description": "the Idempotency-Key was used with another body"},
                         413: {"description": "the body is over CROSSFOLD_MAX_BODY_BYTES"},
+                        422: {"description": "the job breaks a rule: the field and the rule are named "
+                                             "(for resources: what no node has, and what the nodes have)"},
                         429: {"description": "a limit of yours (queued jobs, submissions a minute) "
                                              "was reached; try again after Retry-After seconds"}})
 async def submit_job(spec: JobSpec, request: Request, settings: SettingsDep, owner: OwnerDep,
@@ -44,9 +47,13 @@ async def submit_job(spec: JobSpec, request: Request, settings: SettingsDep, own
     data = await resolve_data(request, spec, owner)
     data = replace(data, loading=loading_of(spec, data, settings.stream_above_bytes))
     check_memory(spec, data, settings.max_fold_memory_bytes)
+    if not settings.cluster_can_grow:  # else such a job waits for nodes (services.capacity)
+        check_runnable(spec, await anyio.to_thread.run_sync(request.app.state.known_nodes.current))
     # Stored together with whatever else is being submitted (api/batching.py).
     job, created = await batcher_for(request.app).submit(prepare(spec, data, owner, idempotency_key))
     request.app.state.database.succeeded()  # stored: say so if it had been unreachable
+    if created:
+        request.app.state.wakeup.notify()  # a dispatcher in this process starts it now
     return as_json(job_out(job, settings.mlflow_ui_url), status.HTTP_201_CREATED if created else 200,
                    headers={"Location": f"/jobs/{job.id}"})
 
@@ -91,9 +98,10 @@ def read_job(job_id: str, session: SessionDep, settings: SettingsDep, owner: Own
 
 @router.post("/{job_id}/cancel", response_model=JobOut,
              responses={404: {"description": "no such job"}, 409: {"description": "already finished"}})
-def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep):
-    return as_json(job_out(jobs.cancel_job(session=session, job_id=job_id, owner=owner),
-                           settings.mlflow_ui_url))
+def cancel_job(job_id: str, request: Request, session: SessionDep, settings: SettingsDep, owner: OwnerDep):
+    job = jobs.cancel_job(session=session, job_id=job_id, owner=owner)
+    request.app.state.wakeup.notify()  # a dispatcher in this process stops it now
+    return as_json(job_out(job, settings.mlflow_ui_url))
 
 
 def as_json(body: BaseModel, status_code: int = 200, headers: dict | None = None) -> JSONResponse:

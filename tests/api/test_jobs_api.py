@@ -48,6 +48,10 @@ def error_fields(response) -> list[str]:
      "rows × features must be at most 2,000,000,000"),
     ({"resources": {"cpus_per_fold": 0}}, "resources.cpus_per_fold", "greater than 0"),
     ({"loss_ewma_beta": 1.5}, "loss_ewma_beta", "less than 1"),
+    ({"priority": 101}, "priority", "less than or equal to 100"),
+    ({"priority": -101}, "priority", "greater than or equal to -100"),
+    ({"priority": "high"}, "priority", "valid integer"),
+    ({"priority": 2.5}, "priority", "valid integer"),
 ])
 def test_invalid_specs_get_422_naming_the_field_and_nothing_is_stored(client, change, field, rule):
     response = submit(client, **change)

@@ -112,3 +112,57 @@ def test_the_migration_keeps_only_what_a_stored_dataset_spec_takes(database_url)
     for name in ("digits", "synthetic_regression"):
         assert rows[name].request_hash == request_hash(JobSpec.model_validate(rows[name].spec))
     engine.dispose()
+
+
+def downgrade_schema(engine, revision: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from services.database import MIGRATIONS
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+
+def test_the_priority_migration_goes_up_and_down_keeping_jobs_and_their_replays(database_url):
+    """0006 gives stored jobs priority 0, in the column and in the spec, with the request
+    hash recomputed so that the same request sent again still finds its job; going down
+    takes the field out of the spec again (the older code refuses it) and keeps the folds."""
+    import hashlib
+    import json
+
+    from sqlalchemy import JSON, column, func, insert, inspect, select, table
+
+    from services.database import make_engine, upgrade_schema
+    from services.models import Fold
+    from services.spec import JobSpec
+    from services.submissions import request_hash
+    engine = make_engine(database_url)
+    upgrade_schema(engine, "0005")
+    before = {k: v for k, v in JobSpec.model_validate(small_job()).model_dump(mode="json").items()
+              if k != "priority"}  # a spec as 0005's code stored it
+    old_hash = hashlib.sha256(json.dumps(before, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    old_jobs = table("jobs", column("spec", JSON), *map(column, [
+        "id", "name", "status", "cancel_requested", "request_hash", "idempotency_key", "owner", "created_at"]))
+    with engine.begin() as connection:
+        connection.execute(insert(old_jobs).values(
+            id="old", name="old", spec=before, status="queued", cancel_requested=False,
+            request_hash=old_hash, idempotency_key="k", owner="local", created_at=datetime.now(timezone.utc)))
+        connection.execute(insert(Fold.__table__).values(job_id="old", fold_index=0, status="pending",
+                                                         attempts=0, epoch=0))
+    upgrade_schema(engine, "0006")
+    with engine.connect() as connection:
+        job = connection.execute(select(old_jobs.c.spec, old_jobs.c.request_hash, column("priority"))).one()
+    assert job.priority == 0 and job.spec == {**before, "priority": 0}
+    assert job.request_hash == request_hash(JobSpec.model_validate(before))  # what a replay computes now
+    downgrade_schema(engine, "0005")
+    with engine.connect() as connection:
+        assert "priority" not in {c["name"] for c in inspect(connection).get_columns("jobs")}
+        assert "owner_turns" not in inspect(connection).get_table_names()
+        spec, stored_hash = connection.execute(select(old_jobs.c.spec, old_jobs.c.request_hash)).one()
+        assert (spec, stored_hash) == (before, old_hash)
+        assert connection.execute(select(func.count()).select_from(Fold.__table__)).scalar() == 1
+    upgrade_schema(engine)  # and up again, to the newest
+    engine.dispose()

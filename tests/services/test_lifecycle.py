@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from services import jobs
 from services.lifecycle import claim_next_job, move_fold, move_job
-from services.models import Fold
+from services.models import Fold, Job
 from services.states import (FOLD_TRANSITIONS, JOB_TRANSITIONS, FoldStatus, IllegalTransition,
                              JobStatus)
 from tests.helpers import small_job, store_job
@@ -125,15 +125,17 @@ def test_four_dispatcher_processes_claim_each_of_200_jobs_exactly_once(sessions,
         assert {j.status for j in session.scalars(select(Job))} == {JobStatus.RUNNING}
 
 
-def test_the_owner_running_fewest_folds_goes_first_and_none_passes_its_limit(sessions):
-    """Owner flood queued 30 jobs first; a later job of owner calm still starts next,
-    and flood's jobs start only while its unfinished folds stay within the limit (5)."""
+def test_owners_take_turns_and_none_passes_its_running_fold_limit(sessions):
+    """Owner flood queued 30 jobs first; a later job of owner calm still starts next (its
+    turn: flood was just served), and flood's jobs start only while its unfinished folds
+    stay within the limit (5). (Owners used to go by fewest running folds; they now take
+    turns, which also holds when no limit is counted.)"""
     with sessions() as session:
         flooded = [store_job(session, small_job(name=f"flood-{i}"), owner="flood").id for i in range(30)]
         calm = store_job(session, small_job(name="calm"), owner="calm").id
         claims = [claim_next_job(session, dispatcher_id="d", max_running_folds=5) for _ in range(3)]
-    # 3-fold jobs: flood's first (nobody runs anything), then calm's (0 folds < flood's 3),
-    # then nothing: flood's 3 running + 3 more would pass 5.
+    # 3-fold jobs: flood's first (neither was served: the oldest job), then calm's (never
+    # served), then nothing: flood's 3 running + 3 more would pass 5.
     assert [job.id if job else None for job in claims] == [flooded[0], calm, None]
 
 
@@ -197,3 +199,88 @@ def test_a_claim_counts_the_folds_of_a_claim_made_while_it_counted(sessions, dat
     finally:
         event.remove(engine, "after_cursor_execute", pause_a)
     assert claimed["A"] is not None and claimed["B"] is None
+
+
+# -- Priority and owners' turns (the order is claim_next_job's docstring) --------------
+def queue(session, owner: str, *names: str, priority: int = 0) -> list[str]:
+    """Queue small jobs of `owner` (in this order) as POST /jobs does; their ids."""
+    return [store_job(session, small_job(name=name, priority=priority), owner=owner).id for name in names]
+
+
+def claim_names(session, count: int, **limits) -> list[str | None]:
+    claimed = [claim_next_job(session, dispatcher_id="d", **limits) for _ in range(count)]
+    return [job.name if job else None for job in claimed]
+
+
+def test_a_higher_priority_job_queued_later_starts_first_and_equal_ones_in_order(sessions):
+    with sessions() as session:
+        queue(session, "o", "low")
+        queue(session, "o", "first-5", "second-5", priority=5)
+        queue(session, "o", "urgent", priority=100)
+        queue(session, "o", "whenever", priority=-100)
+        queue(session, "o", "third-5", priority=5)
+        assert claim_names(session, 7) == ["urgent", "first-5", "second-5", "third-5", "low", "whenever",
+                                           None]
+
+
+@pytest.mark.parametrize("limits", [{}, {"max_running_folds": 1000}], ids=["no-limit", "limit"])
+def test_one_owners_many_jobs_do_not_hold_up_anothers_one(sessions, limits):
+    """Whether running folds are counted or not: the later owner's job is claimed
+    second, and then the flood goes on."""
+    with sessions() as session:
+        queue(session, "flood", *(f"flood-{i}" for i in range(20)))
+        queue(session, "calm", "calm")
+        assert claim_names(session, 4, **limits) == ["flood-0", "calm", "flood-1", "flood-2"]
+
+
+def test_three_owners_take_turns_and_a_newcomer_goes_next(sessions):
+    with sessions() as session:
+        for owner in "abc":  # a's four jobs first, then b's, then c's
+            queue(session, owner, *(f"{owner}{i}" for i in range(4)))
+        assert claim_names(session, 5) == ["a0", "b0", "c0", "a1", "b1"]
+    with sessions() as session:  # the turns are the database's, not a session's or a process's
+        queue(session, "d", "d0")
+        assert claim_names(session, 8) == ["d0", "c1", "a2", "b2", "c2", "a3", "b3", "c3"]
+
+
+def test_priority_comes_before_turns_and_turns_before_age(sessions):
+    """b's priority-0 job waits for a's priority-1 jobs, however old it is; among the
+    priority-1 jobs, b's later one still gets its turn right after a's first."""
+    with sessions() as session:
+        queue(session, "b", "b-low")
+        queue(session, "a", "a1", "a2", "a3", priority=1)
+        queue(session, "b", "b-high", priority=1)
+        assert claim_names(session, 5, max_running_folds=100) == ["a1", "b-high", "a2", "a3", "b-low"]
+
+
+def test_an_owner_at_its_running_fold_limit_lets_the_next_owner_go(sessions):
+    """A turn is no reservation: an owner that cannot start a job now (its running folds
+    at its limit) is passed over, even for a lower priority."""
+    with sessions() as session:
+        queue(session, "busy", "busy-0", "busy-1", priority=10)
+        queue(session, "other", "other-0")
+        assert claim_names(session, 3, max_running_folds=3) == ["busy-0", "other-0", None]
+
+
+def test_concurrent_dispatchers_keep_the_owners_turns(sessions):
+    """Three dispatchers claim 30 jobs of three owners at once: in the order they were
+    claimed (started_at), the owners still rotate a, b, c and each owner's jobs go oldest
+    first. PostgreSQL: the claims take turns under the advisory lock; SQLite: a claim that
+    read the queue before another's commit loses its conditional UPDATE."""
+    with sessions() as session:
+        for owner in "abc":
+            queue(session, owner, *(f"{owner}{i}" for i in range(10)))
+
+    def claimer(name: str) -> None:
+        with sessions() as session:
+            while claim_next_job(session, dispatcher_id=name, max_running_folds=1000) is not None:
+                pass
+
+    threads = [threading.Thread(target=claimer, args=(f"d{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with sessions() as session:
+        claimed = list(session.scalars(select(Job.name).order_by(Job.started_at)))
+    assert claimed == [f"{owner}{i}" for i in range(10) for owner in "abc"]

@@ -112,3 +112,19 @@ def test_a_dataset_section_that_breaks_a_rule_names_the_field(dataset, where, ru
         JobSpec.model_validate(small_job(dataset=dataset))
     errors = refused.value.errors()
     assert any(e["loc"] == where and rule in e["msg"] for e in errors), errors
+
+
+@pytest.mark.parametrize("priority, rule", [
+    (101, "less than or equal to 100"), (-101, "greater than or equal to -100"),
+    (1.5, "valid integer"), ("3", "valid integer"), (True, "valid integer"), (None, "valid integer"),
+])
+def test_a_priority_out_of_range_or_not_an_integer_is_refused(priority, rule):
+    with pytest.raises(ValidationError) as refused:
+        JobSpec.model_validate(small_job(priority=priority))
+    [error] = refused.value.errors()
+    assert error["loc"] == ("priority",) and rule in error["msg"]
+
+
+def test_priority_defaults_to_0_and_takes_a_whole_number_written_as_a_float():
+    assert JobSpec.model_validate(small_job()).priority == 0
+    assert JobSpec.model_validate(small_job(priority=7.0)).priority == 7

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from services.tracking import Tracker
+from services.tracking import RunWrites, Tracker
 
 
 @pytest.fixture
@@ -68,6 +68,30 @@ def test_fold_run_gets_epochs_checkpoint_and_test_metrics(tracker):
     assert run.data.metrics["test_accuracy"] == 0.9 and run.data.metrics["best_epoch"] == 3
     assert run.data.metrics["best_val_loss"] == 2.0 / 3  # named apart from the latest val_loss
     assert [a.path for a in client.list_artifacts(child, "checkpoint")] == ["checkpoint/best.pt"]
+
+
+def test_epochs_written_again_are_kept_once(database_url):
+    """A tick that failed once MLflow had its epochs gives them again, with newer ones:
+    each epoch is kept once, on a SQLite and a PostgreSQL store (where the repeated rows
+    break MLflow's primary key and it keeps only the new ones)."""
+    tracker = Tracker(tracking_uri=database_url.replace("postgresql://", "postgresql+psycopg://"))
+    if database_url.startswith("postgresql"):
+        tracker.writers = 4  # several runs at once, as against a server
+    _, _, runs = tracker.start_job(job_id="j1", name="demo", owner="alice", params={}, n_folds=3)
+
+    def tick(epochs):
+        writes = RunWrites()
+        for run_id in runs:
+            for epoch in epochs:  # stamped by the worker, once
+                writes.epoch(run_id, epoch, {"train_loss": 1.0 / epoch, "val_loss": 2.0 / epoch}, 1000 + epoch)
+        writes.tag(runs[0], "crossfold.node", "node-1")
+        return writes
+    tracker.write(tick([1, 2, 3]))
+    tracker.write(tick([2, 3, 4, 5]))
+    for run_id in runs:
+        history = tracker.client.get_metric_history(run_id, "val_loss")
+        assert sorted((m.step, m.value) for m in history) == [(e, 2.0 / e) for e in range(1, 6)]
+    assert tracker.client.get_run(runs[0]).data.tags["crossfold.node"] == "node-1"
 
 
 def test_job_run_gets_the_summary_and_fold_table(tracker):

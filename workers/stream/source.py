@@ -30,11 +30,12 @@ class ParquetSource:
     meant to be shared between threads)."""
 
     def __init__(self, uri: str, features: list[str], label: str):
-        import pyarrow.fs as fs
         import pyarrow.parquet as pq
 
+        from workers.storage import filesystem_of
+
         self.uri, self.features, self.label = uri, list(features), label
-        filesystem, path = fs.FileSystem.from_uri(uri)
+        filesystem, path = filesystem_of(uri)
         self.file = pq.ParquetFile(filesystem.open_input_file(path))
         self.check_columns()
         starts = np.cumsum([0] + [self.file.metadata.row_group(i).num_rows
