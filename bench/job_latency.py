@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -61,11 +62,52 @@ def sklearn_runner():
     folds = StratifiedKFold(5, shuffle=True, random_state=0)
 
     def run() -> dict:
-        began = time.perf_counter()
-        scores = cross_validate(model, x, y, cv=folds, n_jobs=2, scoring="accuracy")
-        return {"wall_s": time.perf_counter() - began, "accuracy": float(scores["test_score"].mean()),
-                "fit_s": [float(s) for s in scores["fit_time"]]}
+        before, began = cpu_seconds(), time.perf_counter()
+        scores = cross_validate(model, x, y, cv=folds, n_jobs=2, scoring="accuracy", return_estimator=True)
+        wall, after = time.perf_counter() - began, cpu_seconds()
+        return {"wall_s": wall, "accuracy": float(scores["test_score"].mean()),
+                "fit_s": [float(s) for s in scores["fit_time"]],
+                "epochs": [int(e[-1].n_iter_) for e in scores["estimator"]], "cpu_s": cpu_used(before, after)}
     return run
+
+
+# -- CPU time, by part -----------------------------------------------------------------
+def cpu_seconds() -> dict[int, tuple[str, float]]:
+    """Every process of this run (this one and its descendants: Ray's, scikit-learn's
+    workers): (what it is, CPU seconds used so far)."""
+    tick, found, frontier = os.sysconf("SC_CLK_TCK"), {}, [os.getpid()]
+    while frontier:
+        pid = frontier.pop()
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        found[pid] = (part_of(pid, stat[stat.index("(") + 1:stat.rindex(")")], command),
+                      (int(fields[11]) + int(fields[12])) / tick)
+        frontier += map(int, children)
+    return found
+
+
+def part_of(pid: int, name: str, command: str) -> str:
+    if pid == os.getpid():
+        return "this process (API, dispatcher, client)"
+    if name.startswith("ray::ProgressBo"):
+        return "progress board (Ray actor)"
+    if name in ("ray::IDLE", "ray::fold_task"):
+        return "Ray workers (fold tasks)"
+    if "loky" in command or "joblib" in command:
+        return "scikit-learn workers"
+    return "Ray daemons (raylet, GCS, agents)"
+
+
+def cpu_used(before: dict, after: dict) -> dict[str, float]:
+    used = defaultdict(float)
+    for pid, (part, seconds) in after.items():
+        used[part] += seconds - (before[pid][1] if pid in before else 0.0)
+    return dict(used)
 
 
 # -- crossfold -------------------------------------------------------------------------
@@ -143,14 +185,14 @@ class Service:
 
 def run_job(service: Service, http: httpx.Client, spec: dict) -> dict:
     service.timings.reset()
-    began = time.time()
+    before, began = cpu_seconds(), time.time()
     job_id = http.post("/jobs", json=spec).raise_for_status().json()["id"]
     while (job := http.get(f"/jobs/{job_id}").json())["status"] not in ("succeeded", "failed", "cancelled"):
         time.sleep(POLL_S)
-    seen = time.time()
+    seen, after = time.time(), cpu_seconds()
     if job["status"] != "succeeded":
         raise RuntimeError(f"job {job_id} {job['status']}: {job['error']}")
-    return breakdown(job, began, seen, service.timings)
+    return {**breakdown(job, began, seen, service.timings), "cpu_s": cpu_used(before, after)}
 
 
 def stamp(value: str) -> float:
@@ -219,29 +261,32 @@ def main() -> None:
 def report(cold: dict, ours: list[dict], theirs: list[dict], repeats: int) -> None:
     best, their_best = min(ours, key=lambda r: r["wall_s"]), min(theirs, key=lambda r: r["wall_s"])
     ratio = best["wall_s"] / their_best["wall_s"]
-    print(f"digits, stratified 5-fold; warm: best of {repeats} after one warm-up")
-    print(f"{'':<26} {'cold s':>7} {'warm s':>7} {'all warm runs, s':<22} {'accuracy':>8}")
-    for name, cold_run, runs, top in (("crossfold (POST→succeeded)", cold["crossfold"], ours, best),
-                                      ("scikit-learn n_jobs=2", cold["sklearn"], theirs, their_best)):
-        walls = " ".join(f"{r['wall_s']:.2f}" for r in runs)
-        print(f"{name:<26} {cold_run['wall_s']:>7.2f} {top['wall_s']:>7.2f} {walls:<22} {top['accuracy']:>8.4f}")
     ok = ratio <= TARGET_RATIO and best["accuracy"] >= TARGET_ACCURACY
+    print(f"digits, stratified 5-fold; warm: best of {repeats}, after one warm-up (cold)")
+    print(f"{'':<28} {'cold s':>7} {'warm s':>7}  {'warm runs, s':<16} {'accuracy':>8}")
+    for name, cold_run, runs, top in (("crossfold, POST→succeeded", cold["crossfold"], ours, best),
+                                      ("scikit-learn, n_jobs=2", cold["sklearn"], theirs, their_best)):
+        walls = " ".join(f"{r['wall_s']:.2f}" for r in runs)
+        print(f"{name:<28} {cold_run['wall_s']:>7.2f} {top['wall_s']:>7.2f}  {walls:<16} {top['accuracy']:>8.4f}")
     print(f"ratio {ratio:.2f}× (target ≤ {TARGET_RATIO}× at accuracy ≥ {TARGET_ACCURACY}): "
           f"{'met' if ok else 'missed'}")
-    print("crossfold's best run, broken down (s):")
-    rows = [("POST → created", "post_to_created_s"), ("queue wait", "queue_wait_s"),
-            ("fold start", "fold_start_s"), ("training (some fold)", "training_s"),
-            ("between folds", "between_folds_s"), ("finish", "finish_s"),
-            ("finished → seen", "finished_to_seen_s")]
-    for label, key in rows:
-        print(f"  {label:<24} {best[key]:>6.3f}")
-    print(f"  {'MLflow (dispatcher)':<24} {best['mlflow_s']:>6.3f}  of which at finish "
-          f"{best['mlflow_at_finish_s']:.3f}: " +
-          ", ".join(f"{k} {v:.3f}" for k, v in sorted(best["mlflow_by_call_s"].items())))
-    print("  folds: " + ", ".join(f"{f['fold']}: {f['training_s']:.2f} s / {f['epochs']} ep"
-                                  for f in best["folds"]) +
-          f"; sum {best['fold_training_sum_s']:.2f} s; scikit-learn's fits " +
-          ", ".join(f"{s:.2f}" for s in their_best["fit_s"]))
+    print("crossfold's best run, s:")
+    for label, key in (("POST → created", "post_to_created_s"), ("queue wait", "queue_wait_s"),
+                       ("fold start", "fold_start_s"), ("training (some fold)", "training_s"),
+                       ("between folds", "between_folds_s"), ("finish", "finish_s")):
+        print(f"  {label:<22} {best[key]:>6.2f}")
+    print(f"  {'MLflow (dispatcher)':<22} {best['mlflow_s']:>6.2f}  (at the finish {best['mlflow_at_finish_s']:.2f}; " +
+          ", ".join(f"{k} {v:.2f}" for k, v in sorted(best["mlflow_by_call_s"].items())) + ")")
+    print(f"  {'folds':<22} {best['fold_training_sum_s']:>6.2f}  in all: " +
+          ", ".join(f"{f['training_s']:.2f} s/{f['epochs']} epochs" for f in best["folds"]))
+    print(f"scikit-learn's fits, s: " + ", ".join(f"{s:.2f} s/{e} epochs" for s, e in
+                                                   zip(their_best["fit_s"], their_best["epochs"])))
+    print("CPU seconds used, by part (best runs):")
+    parts = sorted(best["cpu_s"].keys() | their_best["cpu_s"].keys())
+    for part in parts:
+        print(f"  {part:<42} {best['cpu_s'].get(part, 0.0):>6.2f} {their_best['cpu_s'].get(part, 0.0):>6.2f}")
+    print(f"  {'in all (crossfold, scikit-learn)':<42} {sum(best['cpu_s'].values()):>6.2f} "
+          f"{sum(their_best['cpu_s'].values()):>6.2f}")
     write_results("job_latency", {
         "repeats": repeats, "ratio": ratio, "target_ratio": TARGET_RATIO, "target_accuracy": TARGET_ACCURACY,
         "met": ok, "crossfold": {"cold": cold["crossfold"], "warm": ours, "best": best},

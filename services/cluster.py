@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # Ray cluster it outlives an upgrade of crossfold too. Its name carries the version of the
 # events' shape (workers/events.py): a new version starts a board of its own instead of
 # handing typed events to an old board that expects dicts.
-BOARD_NAME, NAMESPACE = "crossfold-board-2", "crossfold"
+BOARD_NAME, NAMESPACE = "crossfold-board-3", "crossfold"  # 3: pending(limit), no checkpoints
 
 
 # -- Runs inside a Ray worker (a GPU or CPU node) ------------------------------------

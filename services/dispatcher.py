@@ -50,6 +50,10 @@ START_BACKOFF_S = 5.0  # a start that failed for a passing reason is tried again
 MAX_START_BACKOFF_S = 300.0  # doubling each time up to this,
 MAX_START_ATTEMPTS = 8  # this many times (10 minutes of outage) before the job fails
 LOGIN_SWEEP_S = 60.0  # how often MLflow passwords that are expired keys are replaced
+# A tick stores at most this many progress events, shared out evenly between jobs: a job
+# reporting thousands of tiny epochs is stored over several ticks, each short (commits,
+# cancellations and claims come in between), not in one that holds up everything else.
+MAX_EVENTS_PER_TICK = 2000
 NODES_EVERY_S = 2.0  # how often the cluster's nodes are looked at (and published for the API)
 NODES_WAIT_S = 10.0  # how long a job no node can run waits before it is looked at again
 # Between ticks the dispatcher waits on its Ray tasks and on its wakeup in turn, this long
@@ -365,7 +369,7 @@ class Dispatcher:
         """Every event the board holds for this dispatcher's jobs, stored together: one
         MLflow call per run (Tracker.write), then one commit, whatever the number of
         epochs: a big cluster's folds report thousands a second (bench/progress_throughput.py)."""
-        pending = self.cluster.pending_progress(list(self.active))
+        pending = self.cluster.pending_progress(list(self.active), limit=MAX_EVENTS_PER_TICK)
         if not pending:
             return
         folds = self.folds_of(session, list(pending))
