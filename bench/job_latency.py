@@ -45,6 +45,7 @@ TARGET_RATIO, TARGET_ACCURACY = 1.2, 0.97
 # How often the client asks for the job's status. It shares this process (and the 2 cores)
 # with the service; the wall time ends at the job's finished_at, not when the poll sees it.
 POLL_S = 0.1
+JOB_TIMEOUT_S = 600
 TRACKED = ("start_job", "log_dataset", "write", "finish_fold", "finish_job", "log_classes")
 
 
@@ -151,8 +152,8 @@ class Timings:
         from workers.events import EpochEnded
         original = cluster.pending_progress
 
-        def pending(job_ids):
-            found = original(job_ids)
+        def pending(*args, **kwargs):
+            found = original(*args, **kwargs)
             with self.lock:
                 for events in found.values():
                     for event in events:
@@ -204,7 +205,10 @@ def run_job(service: Service, http: httpx.Client, spec: dict) -> dict:
     service.timings.reset()
     before, began = cpu_seconds(), time.time()
     job_id = http.post("/jobs", json=spec).raise_for_status().json()["id"]
+    deadline = time.monotonic() + JOB_TIMEOUT_S
     while (job := http.get(f"/jobs/{job_id}").json())["status"] not in ("succeeded", "failed", "cancelled"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} still {job['status']} after {JOB_TIMEOUT_S} s")
         time.sleep(POLL_S)
     seen, after = time.time(), cpu_seconds()
     if job["status"] != "succeeded":
@@ -250,7 +254,8 @@ def breakdown(job: dict, began: float, seen: float, timings: Timings) -> dict:
         "dispatcher_finish_s": steps.get("finish_job", 0.0),
         "finished_to_seen_s": seen - finished,
         "mlflow_s": sum(mlflow.values()), "mlflow_by_call_s": dict(mlflow), "mlflow_at_finish_s": at_finish,
-        "folds": [{"fold": f, "training_s": b - a, "epochs": n} for f, (a, b, n) in sorted(spans.items())],
+        "folds": [{"fold": f, "training_s": b - a, "epochs": n, "from_s": a - started, "to_s": b - started}
+                  for f, (a, b, n) in sorted(spans.items())],
         "fold_training_sum_s": sum(b - a for a, b, _ in spans.values()),
     }
 

@@ -12,12 +12,14 @@ to the `cluster_nodes` table (`publish`), every few seconds. From them:
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.errors import InvalidJob
@@ -26,6 +28,9 @@ from services.spec import JobSpec
 from services.states import FINISHED_FOLD, JobStatus
 
 STALE_AFTER = timedelta(minutes=2)  # a node not seen for this long is not counted
+EMPTY_RETRY_S = 0.5  # how often the API looks again while no node is known yet
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,9 @@ def room(session: Session, total: Need) -> Need:
 
 class KnownNodes:
     """The published nodes, read again from the database once `max_age_s` has passed
-    (or while none is known): submissions under load need not each cost a query."""
+    (every EMPTY_RETRY_S while none is known): submissions under load need not each cost
+    a query. Should the database be away, the nodes last read are kept: the submission's
+    own write then fails and says so (503, nothing stored)."""
 
     def __init__(self, sessions: sessionmaker[Session], max_age_s: float = 5.0):
         self.sessions, self.max_age_s = sessions, max_age_s
@@ -122,8 +129,11 @@ class KnownNodes:
 
     def current(self) -> list[NodeShape]:
         with self.lock:
-            if not self.nodes or time.monotonic() - self.read_at >= self.max_age_s:
-                with self.sessions() as session:
-                    self.nodes = known_nodes(session)
+            if time.monotonic() - self.read_at >= (self.max_age_s if self.nodes else EMPTY_RETRY_S):
                 self.read_at = time.monotonic()
+                try:
+                    with self.sessions() as session:
+                        self.nodes = known_nodes(session)
+                except SQLAlchemyError as error:
+                    log.debug("could not read the cluster's nodes: %s", error)
             return self.nodes

@@ -5,9 +5,11 @@ job behind it runs. Real jobs, through the whole service on the test session's R
 (2 CPUs, no GPU)."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from services.capacity import Need, NodeShape, refusal
+from services.capacity import EMPTY_RETRY_S, Need, NodeShape, refusal
 from tests.helpers import fresh_database, running_service, small_job, wait_for, wait_until_finished
 
 GPU_JOB = small_job(name="wants-a-gpu", resources={"gpus_per_fold": 1})
@@ -35,6 +37,7 @@ def database(request, tmp_path):
 def test_a_job_no_node_can_run_is_refused_at_submission(ray_session, database, tmp_path):
     with running_service(database, tmp_path) as (http, _, dispatcher):
         wait_for(lambda: dispatcher.nodes, 30)  # published: before, the API has nothing to judge by
+        time.sleep(EMPTY_RETRY_S + 0.2)  # and the API has looked again since
         for spec, field, missing in [(GPU_JOB, "resources.gpus_per_fold", "1 GPU"),
                                      (BIG_CPU_JOB, "resources.cpus_per_fold", "16 CPU")]:
             answer = http.post("/jobs", json=spec)

@@ -125,7 +125,7 @@ def test_regression_targets_follow_the_features(tmp_path):
     spec = generated("synthetic_regression", rows=40_000, features=16, seed=1)
     write_generated(spec, str(tmp_path / "data.parquet"), chunk_rows=6_000)
     x, y = features_of(tmp_path / "data.parquet", spec)
-    assert y.dtype == np.float64 and x.shape == (spec.rows, 16)  # float32 in the file, read as float64
+    assert y.dtype == np.float32 and x.shape == (spec.rows, 16)  # float32 in the file, kept so (exact in float64)
     train, test = slice(0, 20_000), slice(20_000, None)
     weights, *_ = np.linalg.lstsq(np.c_[x[train], np.ones(20_000)], y[train], rcond=None)
     predicted = np.c_[x[test], np.ones(len(y[test]))] @ weights
