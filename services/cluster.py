@@ -77,18 +77,18 @@ class BoardClient:
     def report(self, event: ProgressEvent) -> None:
         if self.board_died():
             self.board = board_by_name()
-        self.last = self.board.report.remote(event)
+        # Watched as a future, never with ray.wait or ray.get on the reference: a task
+        # that waits on one tells Ray it is blocked, and Ray lends its CPU to a queued
+        # fold task on a new worker process (seconds of imports), then ends an idle warm
+        # one: every wave of a job's folds paid that (bench/job_latency.py).
+        self.last = self.board.report.remote(event).future()
 
     def board_died(self) -> bool:
         """Whether the last report found the board dead (the dispatcher then makes a new
         one): one cheap look, not a wait."""
-        if self.last is None or not ray.wait([self.last], timeout=0, fetch_local=False)[0]:
+        if self.last is None or not self.last.done():
             return False
-        try:
-            ray.get(self.last)
-            return False
-        except ray.exceptions.RayActorError:
-            return True
+        return isinstance(self.last.exception(), ray.exceptions.RayActorError)
 
     def save_checkpoint(self, key: int, data: bytes) -> None:
         self.checkpoints.save(self.job_id, key, data)
@@ -101,7 +101,7 @@ class BoardClient:
         # every earlier one is too. A board that died meanwhile took them with it.
         if self.last is not None:
             try:
-                ray.get(self.last)
+                self.last.result()
             except ray.exceptions.RayActorError:
                 self.board = board_by_name()
 

@@ -65,6 +65,8 @@ class DatasetSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _a_known_name(cls, name, info: ValidationInfo):
+        if name is None:  # given as null: the whole spec's check says what is missing
+            return None
         if info.data.get("id") is not None:
             raise ValueError("give the dataset's id or its name, not both")
         if is_stored(info.data):

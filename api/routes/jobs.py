@@ -38,8 +38,6 @@ IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, desc
                         404: {"description": "the job names a dataset you cannot see"},
                         409: {"description": "the Idempotency-Key was used with another body"},
                         413: {"description": "the body is over CROSSFOLD_MAX_BODY_BYTES"},
-                        422: {"description": "the job breaks a rule: the field and the rule are named "
-                                             "(for resources: what no node has, and what the nodes have)"},
                         429: {"description": "a limit of yours (queued jobs, submissions a minute) "
                                              "was reached; try again after Retry-After seconds"}})
 async def submit_job(spec: JobSpec, request: Request, settings: SettingsDep, owner: OwnerDep,
