@@ -130,22 +130,16 @@ class Timings:
         self.lock = threading.Lock()
 
     def wrap_tracker(self, tracker) -> None:
-        for name in TRACKED:
-            original = getattr(tracker, name)
-
-            def timed(*args, __original=original, __name=name, **kwargs):
-                began = time.time()
-                try:
-                    return __original(*args, **kwargs)
-                finally:
-                    with self.lock:
-                        self.calls.append((__name, began, time.time()))
-            setattr(tracker, name, timed)
+        self.time_calls(tracker, TRACKED, self.calls)
 
     def wrap_dispatcher(self, dispatcher) -> None:
         """Its whole start of a job (MLflow runs, splits, Ray submissions) and finish."""
-        for name in ("start_job", "finish_job"):
-            original = getattr(dispatcher, name)
+        self.time_calls(dispatcher, ("start_job", "finish_job"), self.steps)
+
+    def time_calls(self, target, names, into: list) -> None:
+        """Each call of these methods of `target`, as (name, began, ended) in `into`."""
+        for name in names:
+            original = getattr(target, name)
 
             def timed(*args, __original=original, __name=name, **kwargs):
                 began = time.time()
@@ -153,8 +147,8 @@ class Timings:
                     return __original(*args, **kwargs)
                 finally:
                     with self.lock:
-                        self.steps.append((__name, began, time.time()))
-            setattr(dispatcher, name, timed)
+                        into.append((__name, began, time.time()))
+            setattr(target, name, timed)
 
     def wrap_cluster(self, cluster) -> None:
         from workers.events import EpochEnded
