@@ -22,8 +22,11 @@ demo: venv
 run: venv
 	$(VENV)/bin/crossfold serve
 
+# Two test processes: most tests wait on services (a fold, a server starting) more than
+# they compute. Modules that share one expensive fixture (a whole service, an MLflow
+# server, a Ray cluster) keep their tests in one process (xdist_group, tests/conftest.py).
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 bench: venv
 	$(PY) bench/train_throughput.py

@@ -13,7 +13,6 @@ import socket
 import threading
 import time
 import uuid
-from urllib.parse import urlsplit
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -24,23 +23,25 @@ from services.capacity import Need, publish, refusal, room
 from services.cluster import Cluster
 from services.database import Reachability, unreachable
 from services.dataset_store import DatasetStore
+from services.job_runs import create_runs
 from services.job_data import JobData, resolve
 from services.job_inputs import check_stored_file, source_of, split_plans_cached
 from services.lifecycle import (adopt_orphaned_job, claim_next_job, hold_leases, move_fold, move_job, now,
                                 put_back, renew_leases)
-from services.metrics import TICK_SECONDS, observe_progress_lag
+from services.metrics import TICK_SECONDS
 from services.mlflow_logins import retire_refused_logins
-from services.models import Dataset, Fold, Job
+from services.models import Fold, Job
+from services.progress_records import store_progress
 from services.quotas import Limits, limits_of, runtime_of
 from services.reports import summed
-from services.run_records import best_of, dataset_params, model_of, record_best
+from services.run_records import best_of, model_of, record_best
 from services.results import fold_table, summarize
-from services.spec import JobSpec, flatten
+from services.spec import JobSpec
 from services.states import FINISHED_FOLD, FoldStatus, JobStatus
 from services.settings import get_settings
-from services.tracking import RunWrites, Tracker, transient
+from services.tick_pause import TickPause
+from services.tracking import Tracker, transient
 from services.wakeups import Wakeup, listener_for
-from workers.events import EpochEnded, FoldStarted
 from workers.results import Ending, FoldResult
 
 log = logging.getLogger(__name__)
@@ -50,16 +51,8 @@ START_BACKOFF_S = 5.0  # a start that failed for a passing reason is tried again
 MAX_START_BACKOFF_S = 300.0  # doubling each time up to this,
 MAX_START_ATTEMPTS = 8  # this many times (10 minutes of outage) before the job fails
 LOGIN_SWEEP_S = 60.0  # how often MLflow passwords that are expired keys are replaced
-# A tick stores at most this many progress events, shared out evenly between jobs: a job
-# reporting thousands of tiny epochs is stored over several ticks, each short (commits,
-# cancellations and claims come in between), not in one that holds up everything else.
-MAX_EVENTS_PER_TICK = 2000
 NODES_EVERY_S = 2.0  # how often the cluster's nodes are looked at (and published for the API)
 NODES_WAIT_S = 10.0  # how long a job no node can run waits before it is looked at again
-# Between ticks the dispatcher waits on its Ray tasks and on its wakeup in turn, this long
-# each: the longest a notification waits while folds run.
-WAKE_SLICE_S = 0.05
-
 
 @dataclass
 class ActiveJob:
@@ -89,7 +82,6 @@ class Dispatcher:
         in one process. On PostgreSQL, its listener wakes it too (run_forever)."""
         self.wakeup, self.listener = wakeup or Wakeup(), None
         self.ticks = 0  # ticks run so far: how often it woke (tests read it)
-        self.ended_uncollected: set = set()  # the tasks that had ended at the last pause
         self.cluster_can_grow = cluster_can_grow
         self.nodes_seen_at, self.nodes, self.total = float("-inf"), [], Need(0.0, 0.0)
         self.sessions, self.cluster, self.tracker, self.store = sessions, cluster, tracker, store
@@ -97,6 +89,7 @@ class Dispatcher:
         self.start_backoff_s = start_backoff_s
         self.logins_swept_at = float("-inf")
         self.max_active_jobs, self.poll_interval_s, self.lease_s = max_active_jobs, poll_interval_s, lease_s
+        self.between_ticks = TickPause(cluster, self.wakeup, poll_interval_s)
         self.dispatcher_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.active: dict[str, ActiveJob] = {}
         self.database = Reachability(log, "dispatcher")
@@ -129,32 +122,8 @@ class Dispatcher:
             return session.get_bind()
 
     def pause(self, stop: threading.Event) -> None:
-        """Wait for the next tick: the poll interval at most, and only until a job is
-        submitted or a cancel requested (self.wakeup) or one of this dispatcher's fold
-        tasks returns, so that its result is collected at once.
-
-        A task that has ended and is not collected yet ended after the tick looked: no
-        wait, the next tick collects it. Unless it was so at the last pause too (the tick
-        failed): then it is not waited on, which would not wait but spin; the poll tries
-        it again."""
-        deadline = time.monotonic() + self.poll_interval_s
-        try:
-            tasks = [task for active in self.active.values() for task in active.tasks]
-            ended = set(self.cluster.ready(tasks)) if tasks else set()
-            ended_before, self.ended_uncollected = self.ended_uncollected, ended
-            if ended - ended_before:
-                return
-            running = [task for task in tasks if task not in ended]
-            while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
-                # Ray's wait and the wakeup's cannot be waited on together: in short turns.
-                step = min(left, WAKE_SLICE_S)
-                if running and self.cluster.wait_any(running, step):
-                    return
-                if self.wakeup.wait(0 if running else step):
-                    return
-        except Exception as error:  # Ray failing: the next tick says so; wait as before wakeups
-            log.debug("waiting on the fold tasks failed: %s", error)
-            stop.wait(max(0.0, deadline - time.monotonic()))
+        """Wait for the next tick (services.tick_pause)."""
+        self.between_ticks.wait([task for active in self.active.values() for task in active.tasks], stop)
 
     def tick(self) -> None:
         with self.sessions() as session:
@@ -167,7 +136,7 @@ class Dispatcher:
             # Look for finished tasks before draining progress: a task reports all its
             # epochs before it returns, so every epoch of these tasks is on the board now.
             finished = self.finished_tasks()
-            self.apply_progress(session)
+            store_progress(session, self.cluster, self.tracker, list(self.active))
             self.collect_results(session, finished)
             self.carry_out_cancellations(session)
             self.stop_overdue_jobs()
@@ -263,7 +232,7 @@ class Dispatcher:
         if adopted:
             self.reset_interrupted_folds(session, job)
         if job.mlflow_run_id is None:  # new, or adopted from a dispatcher that died before
-            self.create_runs(session, job, spec, data)
+            create_runs(session, self.tracker, self.store, job, spec, data)
         runtime = runtime_of(spec, limits_of(session, job.owner, self.limits))
         active = self.active[job.id] = ActiveJob(job.id, deadline=job.started_at + timedelta(seconds=runtime))
         if now() >= active.deadline:  # adopted past its time: nothing more is started
@@ -282,38 +251,6 @@ class Dispatcher:
         if job.data is None:
             job.data = resolve(spec, session=session, owner=job.owner).as_json()
         return JobData.of(job.data)
-
-    def create_runs(self, session: Session, job: Job, spec: JobSpec, data: JobData) -> None:
-        # The spec's params, and what is true of its data (digits: 1,797 rows, 64 features).
-        params = {**flatten(spec), **dataset_params(data)}
-        experiment, parent, children = self.tracker.start_job(
-            job_id=job.id, name=job.name, owner=job.owner, params=params, n_folds=spec.cv.folds,
-            experiment=self.experiment_of(session, job))
-        try:
-            self.log_dataset([parent, *children], data, session)
-        except Exception:
-            self.tracker.abandon([parent, *children])  # not left RUNNING by a start that failed
-            raise
-        job.mlflow_experiment_id, job.mlflow_run_id = experiment, parent
-        for fold, run_id in zip(job.folds, children):
-            fold.mlflow_run_id = run_id
-        session.commit()
-
-    @staticmethod
-    def experiment_of(session: Session, job: Job) -> str | None:
-        """The experiment an earlier job of this owner and name logged into: the only one
-        trusted to be theirs (another MLflow user could have made one of that name)."""
-        return session.scalar(select(Job.mlflow_experiment_id).where(
-            Job.owner == job.owner, Job.name == job.name, Job.mlflow_experiment_id.is_not(None)).limit(1))
-
-    def log_dataset(self, run_ids: list[str], data: JobData, session: Session) -> None:
-        source = source_of(data, self.store)  # a generated dataset is made here, once
-        # A generated dataset's file is named by its hash; the URI's query (a store's
-        # options) is not part of the name.
-        digest = data.digest or urlsplit(source.uri).path.rsplit("/", 1)[-1].removesuffix(".parquet")
-        schema = data.schema(session.get(Dataset, data.dataset_id) if data.dataset_id else None)
-        self.tracker.log_dataset(run_ids, name=data.name, digest=digest, uri=source.uri,
-                                 columns=schema, rows=data.rows)
 
     @staticmethod
     def reset_interrupted_folds(session: Session, job: Job) -> None:
@@ -363,70 +300,6 @@ class Dispatcher:
         if job.mlflow_run_id:
             self.tracker.finish_job(job.mlflow_run_id, status="failed", summary={},
                                     table=fold_table(job.folds), error=reason)
-
-    # -- progress ------------------------------------------------------------------
-    def apply_progress(self, session: Session) -> None:
-        """Every event the board holds for this dispatcher's jobs, stored together: one
-        MLflow call per run (Tracker.write), then one commit, whatever the number of
-        epochs: a big cluster's folds report thousands a second (bench/progress_throughput.py)."""
-        pending = self.cluster.pending_progress(list(self.active), limit=MAX_EVENTS_PER_TICK)
-        if not pending:
-            return
-        folds = self.folds_of(session, list(pending))
-        writes = RunWrites()
-        for event in (event for events in pending.values() for event in events):
-            fold = folds.get((event.job_id, event.fold))
-            if fold is None or fold.status in FINISHED_FOLD:
-                continue  # a late event from a fold that has already ended
-            if isinstance(event, FoldStarted):
-                self.mark_started(fold, event, writes)
-            elif isinstance(event, EpochEnded):
-                self.record_epoch(fold, event, writes)
-        # MLflow, then the database, then the board: should anything fail midway, the
-        # events are read again and stored again, which changes nothing (MLflow is given
-        # the same metrics: services.tracking.RunWrites; see mark_started, record_epoch).
-        self.tracker.write(writes)
-        session.commit()
-        observe_progress_lag(pending)  # how late it is stored (services.metrics)
-        self.cluster.acknowledge_progress({job_id: len(events) for job_id, events in pending.items()})
-
-    @staticmethod
-    def folds_of(session: Session, job_ids: list[str]) -> dict[tuple[str, int], Fold]:
-        """These jobs' folds by (job id, index), in one query, not one per event."""
-        folds = session.scalars(select(Fold).where(Fold.job_id.in_(job_ids)))
-        return {(fold.job_id, fold.index): fold for fold in folds}
-
-    def mark_started(self, fold: Fold, event: FoldStarted, writes: RunWrites) -> None:
-        if fold.status is FoldStatus.RUNNING and fold.worker == event.worker:
-            return  # this attempt's start, already recorded
-        if fold.status is FoldStatus.RUNNING:
-            # Started again: its worker died and Ray retried the task.
-            move_fold(fold, FoldStatus.PENDING)
-        move_fold(fold, FoldStatus.RUNNING)
-        fold.worker = event.worker
-        attempt = {"attempt": fold.attempts, "node": event.node, "resumed_after_epoch": event.resumed_after_epoch}
-        fold.nodes = [*(fold.nodes or []), attempt]  # a new list: SQLAlchemy sees the change
-        if event.node:
-            writes.tag(fold.mlflow_run_id, "crossfold.node", event.node)  # the latest attempt's
-            writes.tag(fold.mlflow_run_id, f"crossfold.attempt_{fold.attempts}_node", event.node)
-        if fold.attempts > 1:
-            writes.tag(fold.mlflow_run_id, f"crossfold.attempt_{fold.attempts}_resumed_after_epoch",
-                       str(event.resumed_after_epoch))
-
-    def record_epoch(self, fold: Fold, event: EpochEnded, writes: RunWrites) -> None:
-        if fold.status is FoldStatus.PENDING:
-            move_fold(fold, FoldStatus.RUNNING)
-        if event.epoch <= fold.epoch:
-            # A retried fold re-ran an epoch already recorded (it had passed its last
-            # checkpoint when its worker died): keep the first record, log no duplicate.
-            return
-        metrics = event.metrics
-        fold.epoch = event.epoch
-        fold.train_loss, fold.val_loss = metrics["train_loss"], metrics["val_loss"]
-        fold.val_accuracy = metrics.get("val_accuracy")  # None for regression
-        if event.best_epoch == event.epoch:  # the best so far: shown beside the latest
-            record_best(fold, event.epoch, metrics)
-        writes.epoch(fold.mlflow_run_id, event.epoch, metrics, event.time_ms)
 
     # -- results -------------------------------------------------------------------
     def finished_tasks(self) -> dict[str, list]:

@@ -18,6 +18,17 @@ from tests.helpers import fresh_database, running_service
 from tests.s3 import S3_CREDENTIALS
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks
+def pytest_collection_modifyitems(items):
+    """`make test` runs two test processes (pytest-xdist, --dist loadgroup): the tests of a
+    module whose fixture lives as long as the module (a whole service, an MLflow server, a
+    Ray cluster) all go to one process, which starts that fixture once."""
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        if fixtures and any(defs[-1].scope == "module" for defs in fixtures.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path: Path):
     with fresh_database(request.param, tmp_path) as url:
@@ -69,7 +80,9 @@ def ray_session():
     import ray
     for name, value in S3_CREDENTIALS.items():
         os.environ.setdefault(name, value)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # "local": a Ray of its own, never one found on this machine (the other test process's,
+    # or a multi-node test's `ray start`).
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

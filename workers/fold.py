@@ -16,7 +16,6 @@ import torch
 from workers.callbacks import Callbacks
 from workers.config import TrainingConfig
 from workers.early_stopping import EarlyStopping
-from workers import encoding
 from workers.encoding import fit_and_encode, standardize
 from workers.models import build_model
 from workers.optimizers import build_optimizer

@@ -2,6 +2,8 @@
 tasks run as Ray runs them. (Whole jobs go through it in tests/test_end_to_end.py.)"""
 from __future__ import annotations
 
+import time
+
 import pytest
 import ray
 
@@ -93,14 +95,28 @@ def test_a_cancelled_task_and_a_crashed_one_become_fold_results(ray_session, tmp
     assert failed.status == "failed" and failed.error == "KeyError: 'no such column'"
 
 
+def kill_and_wait(actor) -> None:
+    """ray.kill only asks: calls made before it lands are still answered."""
+    ray.kill(actor)
+    with pytest.raises(ray.exceptions.RayActorError):
+        for _ in range(300):
+            ray.get(actor.forget.remote("nobody"))
+            time.sleep(0.1)
+
+
 def test_a_dead_board_is_made_anew_and_its_clients_find_the_new_one(ray_session, tmp_path):
     cluster = Cluster(checkpoints=str(tmp_path))
     client = BoardClient(cluster.board, "job-d", cluster.checkpoints)
     client.report(epoch("job-d", 1))
     client.flush()
-    ray.kill(cluster.board)  # its process gone, as when its node is lost
+    kill_and_wait(cluster.board)  # its process gone, as when its node is lost
     assert cluster.pending_progress(["job-d"]) == {}  # a new board: the dead one's events went with it
     client.report(epoch("job-d", 2))  # sent to the dead one: lost
+    # A report never waits (see BoardClient.report): the failure of the one above shows
+    # by the next epoch, which in a real fold is at least milliseconds later.
+    deadline = time.monotonic() + 30
+    while not client.last.done() and time.monotonic() < deadline:
+        time.sleep(0.01)
     client.report(epoch("job-d", 3))  # it notices, and reports to the new one
     client.flush()
     assert [e.epoch for e in cluster.pending_progress(["job-d"])["job-d"]] == [3]

@@ -129,7 +129,8 @@ def downgrade_schema(engine, revision: str) -> None:
 def test_the_priority_migration_goes_up_and_down_keeping_jobs_and_their_replays(database_url):
     """0006 gives stored jobs priority 0, in the column and in the spec, with the request
     hash recomputed so that the same request sent again still finds its job; going down
-    takes the field out of the spec again (the older code refuses it) and keeps the folds."""
+    takes the field out of the spec again (the older code refuses it) and keeps the folds,
+    down to 0004 too."""
     import hashlib
     import json
 
@@ -163,6 +164,10 @@ def test_the_priority_migration_goes_up_and_down_keeping_jobs_and_their_replays(
         assert "owner_turns" not in inspect(connection).get_table_names()
         spec, stored_hash = connection.execute(select(old_jobs.c.spec, old_jobs.c.request_hash)).one()
         assert (spec, stored_hash) == (before, old_hash)
+        assert connection.execute(select(func.count()).select_from(Fold.__table__)).scalar() == 1
+    downgrade_schema(engine, "0004")  # 0005 takes its columns out of jobs and keeps the folds too
+    with engine.connect() as connection:
+        assert "start_attempts" not in {c["name"] for c in inspect(connection).get_columns("jobs")}
         assert connection.execute(select(func.count()).select_from(Fold.__table__)).scalar() == 1
     upgrade_schema(engine)  # and up again, to the newest
     engine.dispose()

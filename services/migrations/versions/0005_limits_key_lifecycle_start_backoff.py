@@ -33,9 +33,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('jobs', schema=None) as batch_op:
-        batch_op.drop_column('not_before')
-        batch_op.drop_column('start_attempts')
+    # ALTER TABLE … DROP COLUMN (SQLite ≥ 3.35), not a batch copy of the table: on SQLite,
+    # dropping the old jobs table would delete every fold (ON DELETE CASCADE).
+    op.drop_column('jobs', 'not_before')
+    op.drop_column('jobs', 'start_attempts')
     with op.batch_alter_table('api_keys', schema=None) as batch_op:
         batch_op.drop_column('mlflow_login')
         batch_op.drop_column('last_used_at')
