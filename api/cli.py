@@ -32,6 +32,7 @@ from pathlib import Path
 from api.client import ApiError, JobsClient
 from api.keys_cli import add_key_commands, keys_command
 from api.progress import FINISHED, dataset_lines, fold_table, follow, job_lines, upload_bar
+from api.study_view import follow_study, leaderboard_table, progress_lines
 from services.states import JobStatus
 
 DEFAULT_URL = os.environ.get("CROSSFOLD_URL", "http://127.0.0.1:8000")
@@ -63,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("job_id")
     add_dataset_commands(commands)
     add_key_commands(commands)
+    study = commands.add_parser("study", help="submit a study (crossfold study FILE), show one "
+                                              "(study show ID) or cancel one (study cancel ID)")
+    study.add_argument("what", metavar="FILE | show | cancel")
+    study.add_argument("study_id", nargs="?", help="with show or cancel")
+    study.add_argument("--wait", action="store_true", help="follow each variant, then print the leaderboard")
+    study.add_argument("--idempotency-key", help="submitting again with this key returns the same study")
     demo = commands.add_parser("demo", help="serve, submit a job and follow it, then keep serving")
     demo.add_argument("file", type=Path)
     return parser
@@ -201,6 +208,32 @@ def cancel_command(args) -> int:
     return 0
 
 
+def study_command(args) -> int:
+    client = client_for(args)
+    if args.what in ("show", "cancel"):
+        if not args.study_id:
+            raise ApiError(f"crossfold study {args.what} needs a study id")
+        study = client.study(args.study_id) if args.what == "show" else client.cancel_study(args.study_id)
+    else:
+        study = client.submit_study(read_spec(Path(args.what)), idempotency_key=args.idempotency_key)
+        print(f"submitted study {study['id']} ({study['name']}): {len(study['variants'])} variants")
+        if args.wait:
+            study = follow_study(lambda: variants_of(client, client.study(study["id"])))
+    if args.what == "cancel":
+        print(f"study {study['id']}: {study['status']}")
+        return 0
+    if args.what == "show" or args.wait:
+        print("\n".join(progress_lines(study, {})[:1]))
+        print(leaderboard_table(study))
+        if study["mlflow_experiment_url"]:
+            print(f"MLflow: {study['mlflow_experiment_url']}")
+    return 0 if not args.wait or study["status"] == "succeeded" else 1
+
+
+def variants_of(client: JobsClient, study: dict) -> tuple[dict, dict[str, dict]]:
+    return study, {v["job_id"]: client.get(v["job_id"]) for v in study["variants"]}
+
+
 def datasets_command(args) -> int:
     client = client_for(args)
     if args.datasets_command == "upload":
@@ -258,7 +291,7 @@ def wait_until_healthy(client: JobsClient, server: subprocess.Popen, timeout: fl
 COMMANDS = {"serve": serve_command, "api": api_command, "dispatcher": dispatcher_command,
             "submit": submit_command, "status": status_command, "list": list_command,
             "cancel": cancel_command, "datasets": datasets_command, "keys": keys_command,
-            "demo": demo_command}
+            "study": study_command, "demo": demo_command}
 
 if __name__ == "__main__":
     sys.exit(main())

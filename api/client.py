@@ -31,6 +31,16 @@ class JobsClient:
     def cancel(self, job_id: str) -> dict:
         return self._call("POST", f"/jobs/{job_id}/cancel")
 
+    def submit_study(self, study: dict, idempotency_key: str | None = None) -> dict:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._call("POST", "/studies", json=study, headers=headers)
+
+    def study(self, study_id: str) -> dict:
+        return self._call("GET", f"/studies/{study_id}")
+
+    def cancel_study(self, study_id: str) -> dict:
+        return self._call("POST", f"/studies/{study_id}/cancel")
+
     def upload_dataset(self, path: Path, name: str | None = None,
                        progress: Callable[[int, int], None] | None = None) -> dict:
         """Stream the file (never read whole); `progress(sent, total)` as it goes."""

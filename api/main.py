@@ -21,14 +21,14 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from api.batching import Interrupted, StoreFailed, batcher_for
 from api.limits import BodyLimit
-from api.routes import datasets, health, jobs, metrics
+from api.routes import datasets, health, jobs, metrics, studies
 from services.database import (Reachability, make_engine, session_factory, unreachable,
                                upgrade_schema)
 from services.capacity import KnownNodes
 from services.dataset_store import DatasetStore
 from services.datasets import register_bundled
 from services.errors import (BundledDataset, DatasetInUse, DatasetNameTaken, DatasetNotFound,
-                             IdempotencyConflict, InvalidDataset, InvalidJob, JobAlreadyFinished,
+                             IdempotencyConflict, InvalidDataset, InvalidJob, JobAlreadyFinished, StudyNotFound,
                              JobNotFound, UnsupportedFormat, UploadTooLarge)
 from services.metrics import registry_for
 from services.models import LOCAL_OWNER
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None, sessions: sessionmaker[Session]
     app.state.store = DatasetStore(settings.resolved_dataset_store())
     app.state.bundled = {}  # name → the bundled dataset, filled at start-up (lifespan)
     app.include_router(jobs.router)
+    app.include_router(studies.router)
     app.include_router(datasets.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
@@ -161,7 +162,7 @@ def add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": f"job {error} not found"}, status_code=404)
 
     # The other domain errors say what is wrong themselves; their class sets the status.
-    for error_type, code in {DatasetNotFound: 404, JobAlreadyFinished: 409, IdempotencyConflict: 409,
+    for error_type, code in {DatasetNotFound: 404, StudyNotFound: 404, JobAlreadyFinished: 409, IdempotencyConflict: 409,
                              DatasetInUse: 409, DatasetNameTaken: 409, BundledDataset: 403,
                              InvalidDataset: 422, UnsupportedFormat: 415, UploadTooLarge: 413}.items():
         app.add_exception_handler(error_type, as_status(code))

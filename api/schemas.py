@@ -6,10 +6,12 @@ from typing import Callable
 
 from pydantic import BaseModel, Field
 
-from services.models import BUNDLED_OWNER, Dataset, Fold, Job
+from services.leaderboard import leaderboard
+from services.models import BUNDLED_OWNER, Dataset, Fold, Job, Study
 from services.public_errors import public_message
 from services.results import experiment_link, mlflow_link
 from services.states import FoldStatus, JobStatus
+from services.studies import status_of
 
 
 class FoldAttempt(BaseModel):
@@ -30,6 +32,9 @@ class FoldOut(BaseModel):
                                                "(or highest val_accuracy) so far")
     best_val_loss: float | None = Field(description="the best epoch's")
     best_val_accuracy: float | None = Field(description="the best epoch's (classification)")
+    epochs_to_target: int | None = Field(None, description="the first epoch whose val_loss reached the "
+                                                           "job's target_val_loss (none: not reached, or "
+                                                           "no target)")
     test_metrics: dict[str, float] | None
     error: str | None = Field(description="why the fold failed; internal addresses show as <url> "
                                           "and <address> (MLflow's crossfold.error tag has it whole)")
@@ -51,6 +56,8 @@ class JobOut(BaseModel):
                                                          "more than the queue (no node can run its folds "
                                                          "until the cluster grows)")
     cancel_requested: bool
+    study_id: str | None = Field(None, description="the study this job is a variant of, if any")
+    variant: str | None = Field(None, description="its label in that study")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -87,7 +94,7 @@ def fold_out(fold: Fold, experiment_id: str | None, ui_url: str, loading: str) -
                    train_loss=fold.train_loss, val_loss=fold.val_loss,
                    val_accuracy=fold.val_accuracy, best_epoch=fold.best_epoch,
                    best_val_loss=fold.best_val_loss, best_val_accuracy=fold.best_val_accuracy,
-                   test_metrics=fold.test_metrics, error=shown(fold.error, public_message),
+                   epochs_to_target=fold.target_epoch, test_metrics=fold.test_metrics, error=shown(fold.error, public_message),
                    data_loading=loading, nodes=fold.nodes or [],
                    mlflow_run_id=fold.mlflow_run_id,
                    mlflow_url=mlflow_link(ui_url, experiment_id, fold.mlflow_run_id))
@@ -97,7 +104,8 @@ def job_out(job: Job, ui_url: str) -> JobOut:
     loading = (job.data or {}).get("loading", "memory")
     return JobOut(id=job.id, name=job.name, status=job.status, priority=job.priority,
                   waiting_reason=job.waiting_reason,
-                  cancel_requested=job.cancel_requested, created_at=job.created_at,
+                  cancel_requested=job.cancel_requested, study_id=job.study_id, variant=job.variant,
+                  created_at=job.created_at,
                   started_at=job.started_at, finished_at=job.finished_at,
                   error=shown(job.error, public_message),
                   spec=job.spec, classes=(job.data or {}).get("classes") or None,
@@ -143,3 +151,58 @@ def dataset_out(dataset: Dataset) -> DatasetOut:
                       bundled=dataset.owner == BUNDLED_OWNER, format=dataset.format,
                       digest=dataset.digest, size=dataset.size, rows=dataset.rows,
                       created_at=dataset.created_at, columns=dataset.columns)
+
+
+class StudyVariantOut(BaseModel):
+    label: str
+    job_id: str
+    status: str
+    rank: int | None = Field(description="1 is the best on the study's metric; none until every fold is tested")
+    folds: int
+    folds_tested: int
+    test: dict[str, dict[str, float]] = Field(description="each test metric's mean and std over the folds")
+    mean_best_epoch: float | None = Field(description="the epoch each fold kept, averaged")
+    epochs_to_target: dict = Field(description="mean: the first epoch at the study's target_val_loss, "
+                                               "over the folds that reached it; reached: how many did, of")
+    wall_time_s: float | None = Field(description="from its start to its end")
+    fold_scores: list[float] | None = Field(description="the study's metric, fold by fold (identical folds "
+                                                        "for every variant)")
+    against_best: dict | None = Field(description="paired differences with the best variant, fold by fold; "
+                                                  "the corrected resampled t-test (t, p_value) and the "
+                                                  "Bayesian correlated t-test's p_worse, p_equivalent, "
+                                                  "p_better (services/study_stats.py)")
+
+
+class StudyOut(BaseModel):
+    id: str
+    name: str
+    status: str = Field(description="queued, running, succeeded, failed (a variant did not succeed) "
+                                    "or cancelled")
+    cancel_requested: bool
+    created_at: datetime
+    metric: str
+    higher_is_better: bool
+    rope: float
+    target_val_loss: float | None
+    best: str | None = Field(description="the label of the best variant, once every variant is tested")
+    variants: list[StudyVariantOut]
+    spec: dict = Field(description="the study as submitted")
+    mlflow_experiment_url: str | None
+
+
+class StudyPage(BaseModel):
+    items: list[StudyOut]
+    total: int
+    limit: int
+    offset: int
+
+
+def study_out(study: Study, jobs: list[Job], ui_url: str) -> StudyOut:
+    board = leaderboard(study, jobs)
+    experiment = next((job.mlflow_experiment_id for job in jobs if job.mlflow_experiment_id), None)
+    return StudyOut(id=study.id, name=study.name, status=status_of(study, jobs),
+                    cancel_requested=study.cancel_requested, created_at=study.created_at,
+                    metric=board["metric"], higher_is_better=board["higher_is_better"], rope=board["rope"],
+                    target_val_loss=study.spec.get("target_val_loss"), best=board["best"],
+                    variants=[StudyVariantOut(**row) for row in board["variants"]],
+                    spec=study.spec["request"], mlflow_experiment_url=experiment_link(ui_url, experiment))

@@ -337,6 +337,7 @@ class Dispatcher:
         if result.status is Ending.SUCCEEDED:
             record_best(fold, result.best_epoch, result.best_metrics)
             fold.test_metrics, fold.confusion = result.test_metrics, result.confusion
+            fold.target_epoch = result.target_epoch
             move_fold(fold, FoldStatus.SUCCEEDED)
             self.tracker.finish_fold(fold.mlflow_run_id, status="succeeded",
                                      test_metrics=fold.test_metrics, best=best_of(fold),

@@ -2,6 +2,7 @@
 
     CrossfoldError
     ├── JobNotFound        no such job (404)
+    ├── StudyNotFound      no such study, or another owner's (404)
     ├── JobAlreadyFinished the job has ended; it cannot be cancelled (409)
     ├── IdempotencyConflict an Idempotency-Key reused with another body (409)
     ├── InvalidJob         the spec breaks a rule that needs the data to check (422)
@@ -20,6 +21,10 @@ class CrossfoldError(Exception):
 
 
 class JobNotFound(CrossfoldError):
+    pass
+
+
+class StudyNotFound(CrossfoldError):
     pass
 
 

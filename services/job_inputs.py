@@ -76,7 +76,19 @@ def write_in_memory(spec: DatasetSpec, data: JobData, sink) -> None:
 
 def split_plans(data: JobData, source: TableSource, cv: CVSpec, indices: list[int]) -> list[FoldPlan]:
     """The plans of folds `indices` (services.splits), from the stored label, strata and
-    group columns."""
+    group columns; with repeated k-fold, each from its repetition's split."""
+    maps = {repeat: one_split(data, source, repetition(cv, repeat), [0])[0].fold_of_row
+            for repeat in {index // cv.folds for index in indices}}
+    return [FoldPlan(index, maps[index // cv.folds], cv.folds) for index in indices]
+
+
+def repetition(cv: CVSpec, repeat: int) -> CVSpec:
+    """Repetition `repeat` of a repeated k-fold: a plain k-fold with a seed of its own
+    (seed + repeat), as scikit-learn's RepeatedStratifiedKFold draws one a repetition."""
+    return cv.model_copy(update={"seed": cv.seed + repeat, "repeats": 1})
+
+
+def one_split(data: JobData, source: TableSource, cv: CVSpec, indices: list[int]) -> list[FoldPlan]:
     needed = list(dict.fromkeys([*data.strata, *([data.group] if data.group else [])]))
     table = read_table(source.uri, needed, data.label)
     strata = label_strata(table.label, data.task)
@@ -89,9 +101,11 @@ def split_plans(data: JobData, source: TableSource, cv: CVSpec, indices: list[in
 
 def split_plans_cached(data: JobData, source: TableSource, cv: CVSpec, indices: list[int],
                        store: DatasetStore) -> list[FoldPlan]:
-    """split_plans' plans, from the fold map kept in the store (computed there if missing)."""
-    fold_of_row = fold_map_of(data, source, cv, store)
-    return [FoldPlan(index, fold_of_row, cv.folds) for index in indices]
+    """split_plans' plans, from the fold maps kept in the store (computed there if
+    missing): one map a repetition."""
+    maps = {repeat: fold_map_of(data, source, repetition(cv, repeat), store)
+            for repeat in {index // cv.folds for index in indices}}
+    return [FoldPlan(index, maps[index // cv.folds], cv.folds) for index in indices]
 
 
 def fold_map_of(data: JobData, source: TableSource, cv: CVSpec, store: DatasetStore) -> np.ndarray:
@@ -129,7 +143,7 @@ def fold_map_settings(data: JobData, cv: CVSpec) -> dict:
 
 
 def computed_fold_map(data: JobData, source: TableSource, cv: CVSpec) -> np.ndarray:
-    return split_plans(data, source, cv, [0])[0].fold_of_row  # every plan shares the map
+    return one_split(data, source, cv, [0])[0].fold_of_row  # every plan shares the map
 
 
 def stored_fold_map(store: DatasetStore, key: str, rows: int, folds: int) -> np.ndarray:

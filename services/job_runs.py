@@ -21,8 +21,9 @@ def create_runs(session: Session, tracker: Tracker, store: DatasetStore, job: Jo
     # The spec's params, and what is true of its data (digits: 1,797 rows, 64 features).
     params = {**flatten(spec), **dataset_params(data)}
     experiment, parent, children = tracker.start_job(
-        job_id=job.id, name=job.name, owner=job.owner, params=params, n_folds=spec.cv.folds,
-        experiment=experiment_of(session, job))
+        job_id=job.id, name=job.name, owner=job.owner, params=params, n_folds=spec.cv.total_folds,
+        experiment=experiment_of(session, job), label=job.variant,
+        tags={"crossfold.study_id": job.study_id, "crossfold.variant": job.variant} if job.study_id else None)
     try:
         log_dataset(session, tracker, store, [parent, *children], data)
     except Exception:

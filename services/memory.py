@@ -67,7 +67,7 @@ def estimate(spec: JobSpec, data: JobData) -> MemoryEstimate:
     batch_rows = training_rows(data.rows, spec.cv.folds) if spec.batch_size == "full" else spec.batch_size
     if streamed:  # the full batch is accumulated a row group at a time
         batch_rows = min(batch_rows, STREAM_CHUNK_ROWS)
-    models = spec.cv.folds if spec.pack_folds else 1
+    models = spec.cv.total_folds if spec.pack_folds else 1
     row_bytes = math.prod(data.input_shape) * FLOAT + LABEL
     held_rows = spec.shuffle_buffer_rows + READ_AHEAD_CHUNKS * STREAM_CHUNK_ROWS if streamed else 2 * data.rows
     return MemoryEstimate(

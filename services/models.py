@@ -79,12 +79,33 @@ class Job(Base):
     # Why a queued job is not started yet when that is not just the queue (no node can
     # run its folds until the cluster grows); None otherwise.
     waiting_reason: Mapped[str | None] = mapped_column(Text)
+    # A study's variant: the study, and the variant's label (services.studies).
+    study_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    variant: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     folds: Mapped[list[Fold]] = relationship(back_populates="job", order_by="Fold.index",
                                              cascade="all, delete-orphan")
+
+
+class Study(Base):
+    """Several variants of one job on identical folds (services.studies): each variant
+    is an ordinary job with study_id set; the study's state is its jobs'."""
+    __tablename__ = "studies"
+    __table_args__ = (UniqueConstraint("owner", "idempotency_key", name="uq_studies_owner_idempotency_key"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    name: Mapped[str] = mapped_column(String(100))
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    spec: Mapped[dict] = mapped_column(JSON)  # the request, its variants expanded
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_utcnow, index=True)
 
 
 class ApiKey(Base):
@@ -161,6 +182,7 @@ class Fold(Base):
     worker: Mapped[str | None] = mapped_column(String(200))  # host:pid of its latest attempt
     # Each attempt, in order: {"attempt", "node" (the Ray node's id), "resumed_after_epoch"}.
     nodes: Mapped[list | None] = mapped_column(JSON)
+    target_epoch: Mapped[int | None] = mapped_column(Integer)  # the first epoch at the job's target_val_loss
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

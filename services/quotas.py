@@ -54,9 +54,10 @@ def limits_of(session: Session | None, owner: str, defaults: Limits) -> Limits:
 def check_job_fits(spec, limits: Limits) -> None:
     """Rules a job must meet whatever else is running: refused with 422, since waiting
     would not help."""
-    if spec.cv.folds > limits.max_running_folds:
-        raise InvalidJob("cv.folds", f"{spec.cv.folds} folds are more than the {limits.max_running_folds} "
-                         "running folds your limit allows: the job could never start")
+    if spec.cv.total_folds > limits.max_running_folds:
+        field = "cv.repeats" if spec.cv.repeats > 1 else "cv.folds"
+        raise InvalidJob(field, f"{spec.cv.total_folds} folds (folds × repeats) are more than the "
+                         f"{limits.max_running_folds} running folds your limit allows: the job could never start")
     if spec.max_runtime_s is not None and spec.max_runtime_s > limits.max_job_runtime_s:
         raise InvalidJob("max_runtime_s", f"must be at most {limits.max_job_runtime_s:,} s (your limit, "
                          "CROSSFOLD_MAX_JOB_RUNTIME_S)")

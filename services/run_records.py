@@ -18,9 +18,10 @@ def record_best(fold: Fold, epoch: int, metrics: dict[str, float]) -> None:
 
 
 def best_of(fold: Fold) -> dict[str, float]:
-    """The best epoch's figures, as the fold's MLflow run records them."""
+    """The best epoch's figures, as the fold's MLflow run records them, and the first
+    epoch at the job's target validation loss."""
     best = {"best_epoch": fold.best_epoch, "best_val_loss": fold.best_val_loss,
-            "best_val_accuracy": fold.best_val_accuracy}
+            "best_val_accuracy": fold.best_val_accuracy, "epochs_to_target": fold.target_epoch}
     return {name: value for name, value in best.items() if value is not None}
 
 

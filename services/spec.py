@@ -19,6 +19,8 @@ MAX_HIDDEN_LAYERS = 8
 MAX_LAYER_WIDTH = 4096
 MAX_BATCH_SIZE = 1_000_000
 MAX_PRIORITY = 100  # priorities run from -100 to 100; 0 is the default
+MAX_REPEATS = 10
+MAX_TOTAL_FOLDS = 100  # folds × repeats of one job
 
 
 class StrictModel(BaseModel):
@@ -125,7 +127,6 @@ ModelSpec = Annotated[Union[Annotated[MLPSpec, Tag("mlp")], Annotated[CNNSpec, T
 
 
 class EarlyStoppingSpec(StrictModel):
-    config_type = StoppingConfig
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
     patience: Patience = 10
     min_delta: float = Field(0.0, ge=0)
@@ -135,6 +136,20 @@ class CVSpec(StrictModel):
     folds: Folds = Field(5, description="k ≥ 3: one test, one validation, ≥ 1 training group")
     stratify: bool = True
     seed: Seed = 0
+    repeats: integer(ge=1, le=MAX_REPEATS) = Field(
+        1, description="repeated k-fold: the split is made this many times, repetition r with "
+                       "seed + r, so every row is tested once per repetition; the job has "
+                       "folds × repeats folds")
+
+    @property
+    def total_folds(self) -> int:
+        return self.folds * self.repeats
+
+    @model_validator(mode="after")
+    def _bounded_total(self):
+        if self.total_folds > MAX_TOTAL_FOLDS:
+            raise ValueError(f"folds × repeats is {self.total_folds}: at most {MAX_TOTAL_FOLDS}")
+        return self
 
 
 class ResourcesSpec(StrictModel):
@@ -170,7 +185,12 @@ class JobSpec(StrictModel):
         64, description='samples per mini-batch: 1 (stochastic) to 1,000,000, or "full" '
                         '(classic gradient descent, one step per epoch)')
     max_epochs: Epochs = 100
-    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+    early_stopping: EarlyStoppingSpec | None = Field(
+        default_factory=EarlyStoppingSpec,
+        description="null: off, a fixed budget: every fold trains max_epochs epochs and keeps the last")
+    target_val_loss: float | None = Field(
+        None, gt=0, description="each fold records the first epoch whose validation loss is at most this "
+                                "(epochs_to_target), so that \"converges in fewer epochs\" is a number")
     cv: CVSpec = Field(default_factory=CVSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     loss_ewma_beta: Beta = Field(0.9, description="β of the logged average of the training loss")
@@ -208,11 +228,17 @@ class JobSpec(StrictModel):
         return TrainingConfig(
             model=self.model.config(), optimizer=self.optimizer.config(),
             batch_size=None if self.batch_size == "full" else self.batch_size,
-            max_epochs=self.max_epochs, early_stopping=self.early_stopping.config(),
+            max_epochs=self.max_epochs, early_stopping=self.stopping_config(),
             seed=self.cv.seed, loss_ewma_beta=self.loss_ewma_beta,
             checkpoint_interval_s=self.checkpoint_interval_s, pack_folds=self.pack_folds,
             resources=self.resources.config(), data_loading=data_loading,
             shuffle_buffer_rows=self.shuffle_buffer_rows)
+
+    def stopping_config(self) -> StoppingConfig:
+        if self.early_stopping is None:  # off: nothing is monitored; val_loss only names the default
+            return StoppingConfig("val_loss", None, 0.0, self.target_val_loss)
+        stopping = self.early_stopping
+        return StoppingConfig(stopping.monitor, stopping.patience, stopping.min_delta, self.target_val_loss)
 
     @model_validator(mode="after")
     def _packing_holds_the_data(self):

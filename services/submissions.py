@@ -33,7 +33,7 @@ from services.states import FoldStatus, JobStatus
 from services.wakeups import announce
 
 JOB_COLUMNS = ("id", "name", "owner", "spec", "data", "dataset_id", "status", "cancel_requested",
-               "idempotency_key", "request_hash", "priority", "created_at")
+               "idempotency_key", "request_hash", "priority", "study_id", "variant", "created_at")
 
 
 @dataclass
@@ -61,7 +61,7 @@ def prepare(spec: JobSpec, data: JobData, owner: str = LOCAL_OWNER,
               cancel_requested=False, idempotency_key=idempotency_key, priority=spec.priority,
               request_hash=request_hash(spec), created_at=datetime.now(timezone.utc))
     job.folds = [Fold(index=i, status=FoldStatus.PENDING, attempts=0, epoch=0)
-                 for i in range(spec.cv.folds)]
+                 for i in range(spec.cv.total_folds)]
     return Submission(job, spec)
 
 

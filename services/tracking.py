@@ -156,21 +156,25 @@ class Tracker:
         return experiment
 
     def start_job(self, *, job_id: str, name: str, owner: str, params: dict[str, str], n_folds: int,
-                  experiment: str | None = None) -> tuple[str, str, list[str]]:
+                  experiment: str | None = None, label: str | None = None,
+                  tags: dict[str, str] | None = None) -> tuple[str, str, list[str]]:
         """Create the parent run and one child run per fold: (experiment, parent, children).
         `experiment`: the one an earlier job of this owner and name used (experiment_id).
-        Should MLflow fail midway, the runs made so far are closed as FAILED (abandon)."""
+        `label`: the runs' name in place of the job's (a study's variant: its label), and
+        `tags` on the job's run. Should MLflow fail midway, the runs made so far are
+        closed as FAILED (abandon)."""
         experiment = self.experiment_id(owner, name, experiment)
         made: list[str] = []
+        label = label or name
         try:
-            made.append(self.client.create_run(experiment, run_name=name,
-                                               tags={"crossfold.job_id": job_id}).info.run_id)
+            made.append(self.client.create_run(experiment, run_name=label,
+                                               tags={"crossfold.job_id": job_id, **(tags or {})}).info.run_id)
             items = [Param(k, v) for k, v in params.items()]
             for start in range(0, len(items), PARAMS_PER_BATCH):
                 self.client.log_batch(made[0], params=items[start:start + PARAMS_PER_BATCH])
             for i in range(n_folds):  # the index first: the folds stay apart in the runs table
                 made.append(self.client.create_run(
-                    experiment, run_name=f"{i} · fold of {name}",
+                    experiment, run_name=f"{i} · fold of {label}",
                     tags={"mlflow.parentRunId": made[0], "crossfold.job_id": job_id,
                           "crossfold.fold": str(i)}).info.run_id)
         except Exception:

@@ -230,3 +230,38 @@ def test_a_job_shows_in_the_metrics(stack):
     assert grew("crossfold_progress_lag_seconds_count") >= 3 * 3  # 3 folds of 3 epochs at least
     assert after["crossfold_progress_lag_seconds_bucket", (("le", "+Inf"),)] \
         == after["crossfold_progress_lag_seconds_count", ()]
+
+
+def test_a_study_runs_its_variants_and_ranks_them_on_the_same_folds(stack, tmp_path, capsys):
+    """`crossfold study FILE --wait`: two variants, repeated 3-fold (6 paired scores each),
+    a fixed budget of epochs and a target validation loss; the leaderboard ranks them and
+    compares the worse one with the best, fold by fold."""
+    http, _ = stack
+    url = str(http.base_url).rstrip("/")
+    study = {"name": "study-e2e", "base": small_job(max_epochs=8, early_stopping=None,
+                                                     cv={"folds": 3, "seed": 0, "repeats": 2}),
+             "variants": [{"label": "adam", "optimizer": {"name": "adam", "lr": 0.02}},
+                          {"label": "slow-sgd", "optimizer": {"name": "sgd", "lr": 0.0005}}],
+             "target_val_loss": 0.7, "rope": 0.02}
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(study))
+    assert cli(["--url", url, "study", str(path), "--wait"]) == 0
+    out = capsys.readouterr().out
+    study_id = out.split("submitted study ")[1].split()[0]
+    assert "slow-sgd" in out and "P(worse/equiv/better)" in out and "accuracy: higher is better" in out
+    board = http.get(f"/studies/{study_id}").json()
+    assert board["status"] == "succeeded" and board["best"] == "adam"
+    adam, sgd = board["variants"]
+    assert (adam["rank"], sgd["rank"]) == (1, 2)
+    assert len(adam["fold_scores"]) == len(sgd["fold_scores"]) == 6  # folds × repeats, paired
+    assert adam["mean_best_epoch"] == sgd["mean_best_epoch"] == 8  # no early stopping: the budget
+    assert adam["epochs_to_target"]["reached"] >= 1 and sgd["epochs_to_target"]["reached"] == 0
+    against = sgd["against_best"]
+    assert against["differences"] == [s - a for s, a in zip(sgd["fold_scores"], adam["fold_scores"])]
+    assert 0 <= against["p_value"] <= 1 and against["p_worse"] > 0.5
+    assert abs(against["p_worse"] + against["p_equivalent"] + against["p_better"] - 1) < 1e-9
+    jobs = [http.get(f"/jobs/{v['job_id']}").json() for v in board["variants"]]
+    assert all(len(j["folds"]) == 6 and j["study_id"] == study_id for j in jobs)
+    assert len({j["dataset_id"] for j in jobs}) == 1 and jobs[0]["spec"]["cv"] == jobs[1]["spec"]["cv"]
+    assert cli(["--url", url, "study", "show", study_id]) == 0
+    assert "adam" in capsys.readouterr().out

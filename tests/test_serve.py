@@ -67,7 +67,7 @@ def test_mlflow_links_open_the_model_training_view_in_a_real_browser(served, tmp
 
 
 def experiments_in(ui: str) -> set[str]:
-    found = httpx.post(f"{ui}/api/2.0/mlflow/experiments/search", json={"max_results": 100}).json()
+    found = httpx.post(f"{ui}/api/2.0/mlflow/experiments/search", json={"max_results": 100}, timeout=60).json()
     return {e["name"] for e in found.get("experiments", [])}
 
 
@@ -117,7 +117,8 @@ def assert_a_job_runs_and_shows_in_the_ui(api: str, ui: str) -> None:
     done = wait_for(lambda: (j := httpx.get(f"{api}/jobs/{job['id']}").json())["status"]
                     in ("succeeded", "failed") and j, 120)
     assert done["status"] == "succeeded", done["error"]
-    runs = httpx.post(f"{ui}/api/2.0/mlflow/runs/search",
+    # Its first search is slow on a busy machine (MLflow's server imports as it goes).
+    runs = httpx.post(f"{ui}/api/2.0/mlflow/runs/search", timeout=60,
                       json={"experiment_ids": [done["mlflow_experiment_id"]]}).json()["runs"]
     assert len(runs) == 4  # the job's run and its 3 fold runs
 

@@ -46,7 +46,8 @@ class Progress:
         self.epoch = state["epoch"]
 
 
-STOPPER_FIELDS = ("best_value", "best_epoch", "best_metrics", "best_state", "epochs_without_improvement")
+STOPPER_FIELDS = ("best_value", "best_epoch", "best_metrics", "best_state", "epochs_without_improvement",
+                  "target_epoch")
 
 
 def training_memory(stopper: EarlyStopping, average, generator: torch.Generator) -> dict:

@@ -66,8 +66,9 @@ OptimizerConfig = Union[SGDConfig, MomentumConfig, RMSpropConfig, AdamConfig]
 @dataclass(frozen=True)
 class StoppingConfig:
     monitor: Literal["val_loss", "val_accuracy"]
-    patience: int
+    patience: int | None          # None: early stopping is off (a fixed budget of max_epochs)
     min_delta: float
+    target_val_loss: float | None = None  # each fold records the first epoch that reaches it
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,14 @@ once, the same way.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from workers.callbacks import Callbacks
 from workers.config import TrainingConfig
-from workers.early_stopping import EarlyStopping
+from workers.early_stopping import make_stopper
 from workers.encoding import fit_and_encode, standardize
 from workers.models import build_model
 from workers.optimizers import build_optimizer
@@ -54,10 +54,6 @@ def prepare(table: Table, info: DataInfo, train_rows: np.ndarray) -> Prepared:
 
 def to_split(x: np.ndarray, y: np.ndarray, rows: np.ndarray, device: torch.device) -> Split:
     return Split(torch.from_numpy(x[rows]).to(device), torch.from_numpy(y[rows]).to(device))
-
-
-def make_stopper(config: TrainingConfig) -> EarlyStopping:
-    return EarlyStopping(**asdict(config.early_stopping))
 
 
 def run_fold(table: Table, info: DataInfo, plan: FoldPlan, config: TrainingConfig, *,

@@ -20,22 +20,28 @@ class DataInfo:
 class FoldPlan:
     """Which rows fold `index` trains, validates and tests on, sent as the test fold of
     every row (one byte a row, shared by all the plans of a task) rather than as index
-    arrays: fold i tests on its own rows, validates on fold i+1's, trains on the rest."""
+    arrays: fold i tests on its own rows, validates on fold i+1's, trains on the rest.
+    With repeated k-fold, fold i is fold i mod k of repetition i // k, whose map this is."""
     index: int
     fold_of_row: np.ndarray     # int8 (int16 past 127 folds), one entry per row
-    folds: int
+    folds: int                  # k, of one repetition
+
+    @property
+    def position(self) -> int:
+        """Its fold within its repetition."""
+        return self.index % self.folds
 
     @property
     def test(self) -> np.ndarray:
-        return np.flatnonzero(self.fold_of_row == self.index)
+        return np.flatnonzero(self.fold_of_row == self.position)
 
     @property
     def val(self) -> np.ndarray:
-        return np.flatnonzero(self.fold_of_row == (self.index + 1) % self.folds)
+        return np.flatnonzero(self.fold_of_row == (self.position + 1) % self.folds)
 
     @property
     def train(self) -> np.ndarray:
-        other = (self.fold_of_row != self.index) & (self.fold_of_row != (self.index + 1) % self.folds)
+        other = (self.fold_of_row != self.position) & (self.fold_of_row != (self.position + 1) % self.folds)
         return np.flatnonzero(other)
 
 

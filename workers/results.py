@@ -24,6 +24,7 @@ class FoldResult:
     confusion: list[list[int]] | None = None  # on the test rows: [true class][predicted class]
     preprocessing: dict | None = None  # how raw rows became inputs (workers.fold.prepare)
     error: str | None = None         # why it failed
+    target_epoch: int | None = None  # the first epoch whose val_loss reached the job's target_val_loss
 
     @classmethod
     def failed(cls, index: int, error: str, epochs_run: int = 0) -> "FoldResult":

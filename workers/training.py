@@ -138,7 +138,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, *, index
                         torch.Generator().manual_seed(seed))
     if resume_from is not None:
         progress.restore(resume_from)
-    stopped = progress.epoch > 0 and stopper.epochs_without_improvement >= stopper.patience
+    stopped = progress.epoch > 0 and stopper.ran_out()
     # Captured after any restore: the graph holds the tensors it saw (a later
     # load_state_dict that replaced them would go unseen by its replays).
     graph = None if stopped else step_graph(model, optimizer, task.loss, train.x, train.y, batch_size)
@@ -173,4 +173,5 @@ def tested(task: Task, index: int, progress: Progress, test_sums: torch.Tensor, 
     """The fold's result, once the best epoch's weights are back and tested."""
     sums, stopper = test_sums.tolist(), progress.stopper
     return FoldResult(index, Ending.SUCCEEDED, stopper.best_epoch, progress.epoch, stopper.best_metrics,
-                      task.metrics(sums, n_test), weights_bytes(stopper.best_state), task.confusion(sums))
+                      task.metrics(sums, n_test), weights_bytes(stopper.best_state), task.confusion(sums),
+                      target_epoch=stopper.target_epoch)

@@ -186,3 +186,22 @@ def test_a_generated_dataset_s_map_is_named_by_its_store_key(dataset_store):
         maps.append(fold_map_of(data, source, cv, dataset_store))
         assert np.array_equal(maps[-1], split_plans(data, source, cv, [0])[0].fold_of_row)
     assert len(map_files(dataset_store)) == 2 and not np.array_equal(*maps)
+
+
+def test_repeated_folds_test_every_row_once_per_repetition_each_with_its_own_split(stored, dataset_store):
+    """cv.repeats = 2 with 4 folds: folds 0-3 are the seed's split, folds 4-7 seed + 1's
+    (as RepeatedStratifiedKFold draws one split a repetition), cached or not."""
+    cv, data = CVSpec(folds=4, seed=7, repeats=2), job_data(stored, strata=["sex"])
+    source = source_of(data, dataset_store)
+    plans = split_plans_cached(data, source, cv, list(range(8)), dataset_store)
+    assert [p.index for p in plans] == list(range(8)) and [p.position for p in plans] == [0, 1, 2, 3] * 2
+    for repetition in (plans[:4], plans[4:]):
+        tested = np.concatenate([p.test for p in repetition])
+        assert sorted(tested) == list(range(ROWS))  # every row once per repetition
+        for plan in repetition:
+            assert not set(plan.train) & set(plan.val) and not set(plan.train) & set(plan.test)
+    assert not np.array_equal(plans[0].fold_of_row, plans[4].fold_of_row)
+    second = split_plans(data, source, CVSpec(folds=4, seed=8), [0])[0]  # repetition 1 is seed + 1
+    assert np.array_equal(plans[4].fold_of_row, second.fold_of_row)
+    for mine, theirs in zip(plans, split_plans(data, source, cv, list(range(8))), strict=True):
+        assert np.array_equal(mine.test, theirs.test) and np.array_equal(mine.train, theirs.train)

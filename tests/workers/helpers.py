@@ -45,8 +45,9 @@ OPTIMIZER_VALUES = [
 ]
 
 
-def stopping(monitor: str = "val_loss", patience: int = 10, min_delta: float = 0.0) -> StoppingConfig:
-    return StoppingConfig(monitor, patience, min_delta)
+def stopping(monitor: str = "val_loss", patience: int | None = 10, min_delta: float = 0.0,
+             target_val_loss: float | None = None) -> StoppingConfig:
+    return StoppingConfig(monitor, patience, min_delta, target_val_loss)
 
 
 def training(**changes) -> TrainingConfig:

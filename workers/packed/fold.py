@@ -7,7 +7,8 @@ import torch
 
 from workers.callbacks import Callbacks
 from workers.config import MLPConfig, TrainingConfig
-from workers.fold import make_stopper, prepare, to_split
+from workers.early_stopping import make_stopper
+from workers.fold import prepare, to_split
 from workers.models import build_model
 from workers.packed.model import PackedMLP
 from workers.packed.optimizer import PackedOptimizer

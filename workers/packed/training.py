@@ -230,4 +230,4 @@ def fold_result(fold: PackedFold, test_sums: list[float], n_test: int) -> FoldRe
     stopper = fold.stopper
     return FoldResult(fold.index, Ending.SUCCEEDED, stopper.best_epoch, fold.epochs_done, stopper.best_metrics,
                       fold.task.metrics(test_sums, n_test), weights_bytes(stopper.best_state),
-                      fold.task.confusion(test_sums))
+                      fold.task.confusion(test_sums), target_epoch=stopper.target_epoch)

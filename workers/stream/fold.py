@@ -16,7 +16,7 @@ The same fold as workers.fold in memory, step for step where it can be:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -26,7 +26,7 @@ from torch import nn
 from workers.callbacks import Callbacks
 from workers.checkpointing import Progress
 from workers.config import TrainingConfig
-from workers.early_stopping import EarlyStopping
+from workers.early_stopping import EarlyStopping, make_stopper
 from workers import encoding as encodings
 from workers.encoding import encode_with
 from workers.models import build_model
@@ -54,7 +54,7 @@ class Rows:
     @classmethod
     def of(cls, plan: FoldPlan) -> "Rows":
         fold = plan.fold_of_row
-        test, val = fold == plan.index, fold == (plan.index + 1) % plan.folds
+        test, val = fold == plan.position, fold == (plan.position + 1) % plan.folds
         return cls(~(test | val), val, test)
 
 
@@ -96,7 +96,7 @@ def run_streamed_fold(source: ParquetSource, info: DataInfo, plan: FoldPlan, con
     data = StreamedData(source, rows, encode, buffer_rows)
     model = build_model(config.model, info.input_shape, task.n_outputs).to(device)
     optimizer = build_optimizer(model.parameters(), config.optimizer)
-    stopper = EarlyStopping(**asdict(config.early_stopping))
+    stopper = make_stopper(config)
     result = fit_streamed(model, optimizer, task, data, index=plan.index, config=config, stopper=stopper,
                           seed=seed, device=device, callbacks=callbacks or Callbacks(),
                           resume_from=resume_from)
@@ -153,7 +153,7 @@ def fit_streamed(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
                         torch.Generator().manual_seed(seed))
     if resume_from is not None:
         progress.restore(resume_from)
-    stopped = progress.epoch > 0 and stopper.epochs_without_improvement >= stopper.patience
+    stopped = progress.epoch > 0 and stopper.ran_out()
     while not stopped and progress.epoch < config.max_epochs:
         progress.epoch += 1
         # Drawn from the checkpointed generator: a resumed fold reads the same orders.
