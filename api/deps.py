@@ -67,3 +67,15 @@ def look_up_owner(sessions, key: str) -> str | None:
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 OwnerDep = Annotated[str, Depends(get_owner)]
+
+
+def mlflow_client(request: Request):
+    """The MLflow client the API reads curves with (figures), made on first use: most API
+    processes never draw one. Credentials for an MLflow server with basic-auth come from
+    the standard MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD variables."""
+    client = getattr(request.app.state, "mlflow_client", None)
+    if client is None:
+        from mlflow.tracking import MlflowClient
+        client = request.app.state.mlflow_client = MlflowClient(
+            request.app.state.settings.resolved_tracking_uri())
+    return client

@@ -6,12 +6,11 @@ from typing import Callable
 
 from pydantic import BaseModel, Field
 
-from services.leaderboard import leaderboard
 from services.models import BUNDLED_OWNER, Dataset, Fold, Job, Study
 from services.public_errors import public_message
 from services.results import experiment_link, mlflow_link
 from services.states import FoldStatus, JobStatus
-from services.studies import status_of
+from services.studies import summary
 
 
 class FoldAttempt(BaseModel):
@@ -198,11 +197,4 @@ class StudyPage(BaseModel):
 
 
 def study_out(study: Study, jobs: list[Job], ui_url: str) -> StudyOut:
-    board = leaderboard(study, jobs)
-    experiment = next((job.mlflow_experiment_id for job in jobs if job.mlflow_experiment_id), None)
-    return StudyOut(id=study.id, name=study.name, status=status_of(study, jobs),
-                    cancel_requested=study.cancel_requested, created_at=study.created_at,
-                    metric=board["metric"], higher_is_better=board["higher_is_better"], rope=board["rope"],
-                    target_val_loss=study.spec.get("target_val_loss"), best=board["best"],
-                    variants=[StudyVariantOut(**row) for row in board["variants"]],
-                    spec=study.spec["request"], mlflow_experiment_url=experiment_link(ui_url, experiment))
+    return StudyOut.model_validate(summary(study, jobs, ui_url))

@@ -38,6 +38,7 @@ from services.run_records import best_of, model_of, record_best
 from services.results import fold_table, summarize
 from services.spec import JobSpec
 from services.states import FINISHED_FOLD, FoldStatus, JobStatus
+from services.study_runs import finish_if_done
 from services.settings import get_settings
 from services.tick_pause import TickPause
 from services.tracking import Tracker, transient
@@ -365,6 +366,8 @@ class Dispatcher:
         del self.active[job_id]
         self.cluster.forget(job_id)
         log.info("job %s %s", job_id, target.value)
+        if job.study_id:  # its study's last variant: the study's run gets its results
+            finish_if_done(session, self.tracker, job.study_id)
 
     def log_classes(self, job: Job) -> None:
         """A classification job's per-class report, from the folds that were tested."""

@@ -98,7 +98,7 @@ def check_model(data: JobData, job: JobSpec) -> None:
         raise InvalidJob("model.type", f"a cnn needs an image dataset (digits); {data.name} is tabular")
     if job.pack_folds and job.model.type != "mlp":
         raise InvalidJob("pack_folds", "packing stacks MLPs only; use model.type mlp or unpacked folds")
-    if data.task == "regression" and job.early_stopping.monitor == "val_accuracy":
+    if data.task == "regression" and job.early_stopping and job.early_stopping.monitor == "val_accuracy":
         raise InvalidJob("early_stopping.monitor", f"{data.name} is a regression dataset: it has no "
                          "accuracy; monitor val_loss")
 

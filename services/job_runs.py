@@ -13,6 +13,7 @@ from services.job_inputs import source_of
 from services.models import Dataset, Job
 from services.run_records import dataset_params
 from services.spec import JobSpec, flatten
+from services.study_runs import study_run_of
 from services.tracking import Tracker
 
 
@@ -20,10 +21,14 @@ def create_runs(session: Session, tracker: Tracker, store: DatasetStore, job: Jo
                 data: JobData) -> None:
     # The spec's params, and what is true of its data (digits: 1,797 rows, 64 features).
     params = {**flatten(spec), **dataset_params(data)}
+    experiment, tags = experiment_of(session, job), None
+    if job.study_id:  # its runs go beneath the study's run, in the study's experiment
+        experiment, study_run = study_run_of(session, tracker, job, experiment)
+        tags = {"crossfold.study_id": job.study_id, "crossfold.variant": job.variant,
+                "mlflow.parentRunId": study_run}
     experiment, parent, children = tracker.start_job(
         job_id=job.id, name=job.name, owner=job.owner, params=params, n_folds=spec.cv.total_folds,
-        experiment=experiment_of(session, job), label=job.variant,
-        tags={"crossfold.study_id": job.study_id, "crossfold.variant": job.variant} if job.study_id else None)
+        experiment=experiment, label=job.variant, tags=tags)
     try:
         log_dataset(session, tracker, store, [parent, *children], data)
     except Exception:

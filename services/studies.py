@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session, selectinload
 from services.errors import IdempotencyConflict, InvalidJob, JobAlreadyFinished, StudyNotFound
 from services.job_data import JobData
 from services.jobs import cancel_job
-from services.leaderboard import HIGHER_IS_BETTER, METRICS, default_metric
+from services.leaderboard import HIGHER_IS_BETTER, METRICS, default_metric, leaderboard
+from services.results import experiment_link
 from services.models import Job, Study
 from services.quotas import Limits
 from services.spec import JobSpec
@@ -110,6 +111,20 @@ def status_of(study: Study, jobs: list[Job]) -> str:
     if all(job.status is JobStatus.SUCCEEDED for job in jobs):
         return "succeeded"
     return "cancelled" if study.cancel_requested else "failed"
+
+
+def summary(study: Study, jobs: list[Job], ui_url: str) -> dict:
+    """The study as GET /studies/{id} shows it (api.schemas.StudyOut), its leaderboard
+    included; also what its MLflow run keeps (services.study_runs)."""
+    board = leaderboard(study, jobs)
+    experiment = study.mlflow_experiment_id or next(
+        (job.mlflow_experiment_id for job in jobs if job.mlflow_experiment_id), None)
+    return {"id": study.id, "name": study.name, "status": status_of(study, jobs),
+            "cancel_requested": study.cancel_requested, "created_at": study.created_at.isoformat(),
+            "metric": board["metric"], "higher_is_better": board["higher_is_better"], "rope": board["rope"],
+            "target_val_loss": study.spec.get("target_val_loss"), "best": board["best"],
+            "variants": board["variants"], "spec": study.spec["request"],
+            "mlflow_experiment_url": experiment_link(ui_url, experiment)}
 
 
 def list_studies(session: Session, owner: str, limit: int, offset: int) -> tuple[list[Study], int]:

@@ -19,7 +19,6 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats
 
 
 @dataclass(frozen=True)
@@ -49,6 +48,7 @@ def compare(variant: list[float], best: list[float], *, folds: int, repeats: int
 
 def corrected_t_test(d: np.ndarray, folds: int) -> tuple[float | None, float]:
     """(t, two-sided p) of the Nadeau–Bengio corrected resampled t-test."""
+    from scipy import stats  # imported here, as baycomp below: the API starts without them
     n = len(d)
     mean, var = float(d.mean()), float(d.var(ddof=1)) if n > 1 else 0.0
     if var == 0.0:
@@ -60,7 +60,7 @@ def corrected_t_test(d: np.ndarray, folds: int) -> tuple[float | None, float]:
 def bayesian_probabilities(d: np.ndarray, repeats: int, rope: float) -> tuple[float, float, float]:
     """(P(d < -rope), P(|d| ≤ rope), P(d > rope)) under the correlated t-test's posterior,
     from baycomp (it takes the second model minus the first: zeros and d)."""
-    from baycomp import CorrelatedTTest  # imported here: only a study's leaderboard needs it
+    from baycomp import CorrelatedTTest
     if rope == 0:
         lower, higher = CorrelatedTTest.probs(np.zeros_like(d), d, rope=0, runs=repeats)
         return float(lower), 0.0, float(higher)

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.cli import main as cli
-from tests.helpers import small_job, wait_for, wait_until_finished
+from tests.helpers import needs_chromium, render, small_job, wait_for, wait_until_finished
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["task-per-fold", "packed"])
@@ -232,11 +233,14 @@ def test_a_job_shows_in_the_metrics(stack):
         == after["crossfold_progress_lag_seconds_count", ()]
 
 
-def test_a_study_runs_its_variants_and_ranks_them_on_the_same_folds(stack, tmp_path, capsys):
+def test_a_study_runs_its_variants_and_ranks_them_on_the_same_folds(stack, tmp_path, capsys, request):
     """`crossfold study FILE --wait`: two variants, repeated 3-fold (6 paired scores each),
     a fixed budget of epochs and a target validation loss; the leaderboard ranks them and
     compares the worse one with the best, fold by fold."""
-    http, _ = stack
+    if request.node.callspec.params["stack"] == "postgresql":
+        pytest.skip("run once: a study's jobs are ordinary jobs; its storage on both databases is "
+                    "tests/api/test_studies.py")
+    http, tracker = stack
     url = str(http.base_url).rstrip("/")
     study = {"name": "study-e2e", "base": small_job(max_epochs=8, early_stopping=None,
                                                      cv={"folds": 3, "seed": 0, "repeats": 2}),
@@ -265,3 +269,44 @@ def test_a_study_runs_its_variants_and_ranks_them_on_the_same_folds(stack, tmp_p
     assert len({j["dataset_id"] for j in jobs}) == 1 and jobs[0]["spec"]["cv"] == jobs[1]["spec"]["cv"]
     assert cli(["--url", url, "study", "show", study_id]) == 0
     assert "adam" in capsys.readouterr().out
+    plots = [f"/studies/{study_id}/plots/{name}.png" for name in ("validation_loss", "training_loss", "fold_scores")]
+    for path in [*plots, f"/jobs/{adam['job_id']}/plots/learning_curves.png"]:
+        answer = http.get(path)
+        assert answer.status_code == 200 and answer.headers["content-type"] == "image/png", path
+        assert Image.open(io.BytesIO(answer.content)).size == (800, 500)
+    report = http.get(f"/studies/{study_id}/report")
+    assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
+    page = report.text
+    assert page.count("data:image/png;base64,") == 3 and "corrected resampled t-test" in page
+    assert "slow-sgd" in page and "P(equivalent)" in page
+    assert f"runs/{jobs[0]['mlflow_run_id']}" in page  # each variant links to its run in MLflow
+    assert http.get(f"/studies/{study_id}/plots/nothing.png").status_code == 404
+    # In MLflow: the study's run, each variant's job run beneath it, the results on it.
+    client = tracker.client
+    parents = {client.get_run(j["mlflow_run_id"]).data.tags["mlflow.parentRunId"] for j in jobs}
+    assert len(parents) == 1
+    study_run = client.get_run(parents.pop())
+    assert study_run.info.status == "FINISHED" and study_run.data.tags["crossfold.best_variant"] == "adam"
+    assert study_run.info.experiment_id == jobs[0]["mlflow_experiment_id"] == jobs[1]["mlflow_experiment_id"]
+    kept = {a.path for a in client.list_artifacts(study_run.info.run_id)} | \
+        {a.path for a in client.list_artifacts(study_run.info.run_id, "plots")}
+    assert {"leaderboard.json", "report.html", "plots/validation_loss.png", "plots/fold_scores.png"} <= kept
+    assert http.get(f"/jobs/{adam['job_id']}/plots/fold_scores.png").status_code == 404
+
+
+@needs_chromium
+def test_a_study_report_reads_in_a_real_browser(stack, tmp_path, request):
+    """The report page as a person sees it: headless Chromium, offline, renders its
+    leaderboard and its three inline figures (a screenshot is left in tmp_path)."""
+    if request.node.callspec.params["stack"] == "postgresql":
+        pytest.skip("run once: the page does not depend on the database")
+    http, _ = stack
+    study = {"name": "study-browser", "base": small_job(max_epochs=3),
+             "variants": [{"label": "adam"}, {"label": "sgd", "optimizer": {"name": "sgd", "lr": 0.05}}]}
+    study_id = http.post("/studies", json=study).json()["id"]
+    wait_for(lambda: http.get(f"/studies/{study_id}").json()["status"] in ("succeeded", "failed"), 180)
+    url = f"{str(http.base_url).rstrip('/')}/studies/{study_id}/report"
+    dom = render(url, screenshot=tmp_path / "report.png")
+    assert "<h2>Leaderboard</h2>" in dom and dom.count("data:image/png;base64,") == 3
+    assert ">adam<" in dom and ">sgd<" in dom and "corrected resampled t-test" in dom
+    assert (tmp_path / "report.png").stat().st_size > 10_000

@@ -11,14 +11,15 @@ from dataclasses import replace
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Header, Query, Request, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.batching import batcher_for
-from api.deps import OwnerDep, SessionDep, SettingsDep
+from api.deps import OwnerDep, SessionDep, SettingsDep, mlflow_client
 from api.schemas import JobOut, JobPage, job_out
-from services import jobs
+from services import figures, jobs
+from services.figures import JOB_PLOTS
 from services.capacity import check_runnable
 from services.job_data import GENERATED, JobData, resolve
 from services.memory import check_memory, loading_of
@@ -100,6 +101,17 @@ def cancel_job(job_id: str, request: Request, session: SessionDep, settings: Set
     job = jobs.cancel_job(session=session, job_id=job_id, owner=owner)
     request.app.state.wakeup.notify()  # a dispatcher in this process stops it now
     return as_json(job_out(job, settings.mlflow_ui_url))
+
+
+@router.get("/{job_id}/plots/{name}.png", response_class=Response,
+            responses={200: {"content": {"image/png": {}}, "description": "the figure, as PNG"},
+                       404: {"description": "no such job, or no such plot"}})
+def job_plot(job_id: str, name: str, request: Request, session: SessionDep, owner: OwnerDep):
+    """learning_curves: every fold's training and validation loss, its best epoch marked."""
+    if name not in JOB_PLOTS:
+        raise HTTPException(404, f"no plot {name!r}; a job has {', '.join(JOB_PLOTS)}")
+    job = jobs.get_job(session=session, job_id=job_id, owner=owner)
+    return Response(figures.job_plot(name, job, mlflow_client(request)), media_type="image/png")
 
 
 def as_json(body: BaseModel, status_code: int = 200, headers: dict | None = None) -> JSONResponse:

@@ -7,15 +7,20 @@ from dataclasses import replace
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import OwnerDep, SessionDep, SettingsDep
 from api.routes.jobs import IdempotencyKey, as_json, resolve_data
 from api.schemas import StudyOut, StudyPage, study_out
-from services import studies
+from api.deps import mlflow_client
+from services import figures, studies
+from services.figures import STUDY_PLOTS
 from services.capacity import check_runnable
 from services.memory import check_memory, loading_of
+from services.report import report_html
+from services.results import mlflow_link
 from services.study_spec import StudySpec, expand
 
 router = APIRouter(prefix="/studies", tags=["studies"], responses={
@@ -72,6 +77,35 @@ def list_studies(session: SessionDep, settings: SettingsDep, owner: OwnerDep,
 def read_study(study_id: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep):
     study = studies.get_study(session, study_id, owner)
     return as_json(study_out(study, studies.jobs_of(session, study), settings.mlflow_ui_url))
+
+
+@router.get("/{study_id}/plots/{name}.png", response_class=Response,
+            responses={200: {"content": {"image/png": {}}, "description": "the figure, as PNG"},
+                       404: {"description": "no such study, or no such plot"}})
+def study_plot(study_id: str, name: str, request: Request, session: SessionDep, owner: OwnerDep):
+    """validation_loss (each variant's mean curve, a band over folds), training_loss (raw
+    against its average), fold_scores (the study's metric per fold per variant)."""
+    if name not in STUDY_PLOTS:
+        raise HTTPException(404, f"no plot {name!r}; a study has {', '.join(STUDY_PLOTS)}")
+    study = studies.get_study(session, study_id, owner)
+    image = figures.study_plot(name, study, studies.jobs_of(session, study), mlflow_client(request))
+    return Response(image, media_type="image/png")
+
+
+@router.get("/{study_id}/report", response_class=HTMLResponse,
+            responses={200: {"content": {"text/html": {}}, "description": "one self-contained page"},
+                       404: {"description": "no such study"}})
+def study_report(study_id: str, request: Request, session: SessionDep, settings: SettingsDep, owner: OwnerDep):
+    """The leaderboard, the statistics explained, the figures inline and links to the
+    MLflow runs: for a reader who never opened MLflow."""
+    study = studies.get_study(session, study_id, owner)
+    jobs = studies.jobs_of(session, study)
+    client = mlflow_client(request)
+    images = {name: figures.study_plot(name, study, jobs, client) for name in STUDY_PLOTS}
+    links = {job.variant: mlflow_link(settings.mlflow_ui_url, job.mlflow_experiment_id, job.mlflow_run_id)
+             for job in jobs}
+    body = study_out(study, jobs, settings.mlflow_ui_url).model_dump(mode="json")
+    return HTMLResponse(report_html(body, images, links))
 
 
 @router.post("/{study_id}/cancel", response_model=StudyOut, responses={404: {"description": "no such study"}})

@@ -83,3 +83,11 @@ def test_another_owner_does_not_see_a_study(settings, sessions):
         assert client.get(f"/studies/{study['id']}", headers=as_bob).status_code == 404
         assert client.post(f"/studies/{study['id']}/cancel", headers=as_bob).status_code == 404
         assert client.get("/studies", headers=as_bob).json()["total"] == 0
+
+
+def test_a_job_without_early_stopping_on_a_regression_dataset_is_accepted(client):
+    """Found by the fuzzer: `"early_stopping": null` on regression data was a 500."""
+    answer = client.post("/jobs", json={"name": "budget", "dataset": "diabetes", "early_stopping": None,
+                                        "optimizer": {"name": "sgd", "lr": 0.01}})
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["spec"]["early_stopping"] is None
