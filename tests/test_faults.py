@@ -23,9 +23,9 @@ from services.settings import Settings
 from tests.helpers import (PrivatePostgres, running_service, served, small_job, store_job, wait_for,
                            wait_until_finished)
 
-SLOW_FOLDS = dict(dataset={"name": "synthetic", "rows": 4000, "features": 20}, max_epochs=40,
+# Long enough for a fold to be caught running by the kill (after its epoch 5), no longer.
+SLOW_FOLDS = dict(dataset={"name": "synthetic", "rows": 3000, "features": 20}, max_epochs=30,
                   early_stopping={"patience": 1000}, checkpoint_interval_s=0)
-# Long enough for a fold to be caught running by the kill, no longer.
 SHORTER_FOLDS = {**SLOW_FOLDS, "dataset": {"name": "synthetic", "rows": 2000, "features": 20}, "max_epochs": 20}
 
 
@@ -59,12 +59,12 @@ def test_a_killed_worker_resumes_its_folds_from_the_last_checkpoint(ray_session,
         # One task per fold: the victim's fold was hit; packed: every fold lived in that process.
         hit = [f for f in job["folds"] if packed or f["index"] == victim["index"]]
         for fold in hit:
-            assert fold["attempts"] == 2 and fold["epoch"] == 40
+            assert fold["attempts"] == 2 and fold["epoch"] == SLOW_FOLDS["max_epochs"]
             assert worker_of(database_url, job_id, fold["index"]) != killed
             run = tracker.client.get_run(fold["mlflow_run_id"])
             assert int(run.data.tags["crossfold.attempt_2_resumed_after_epoch"]) >= 5  # not from scratch
             history = tracker.client.get_metric_history(fold["mlflow_run_id"], "val_loss")
-            assert sorted(m.step for m in history) == list(range(1, 41))  # no epoch lost, none twice
+            assert sorted(m.step for m in history) == list(range(1, SLOW_FOLDS["max_epochs"] + 1))  # none lost or twice
 
 
 def test_a_diverging_fold_fails_the_job_with_its_reason_and_keeps_the_others(stack):
@@ -101,7 +101,7 @@ def test_a_killed_dispatcher_is_replaced_and_nothing_finished_runs_again(ray_ses
     upgrade_schema(engine)
     sessions = session_factory(engine)
     with sessions() as session:
-        job_id = store_job(session, small_job(name="kill-dispatcher", cv={"folds": 4}, **SHORTER_FOLDS)).id
+        job_id = store_job(session, small_job(name="kill-dispatcher", cv={"folds": 3}, **SHORTER_FOLDS)).id
 
     def job():
         with sessions() as session:
