@@ -18,23 +18,11 @@ from tests.helpers import fresh_database, running_service
 from tests.s3 import S3_CREDENTIALS
 
 
-# The modules whose tests take longest (tens of seconds each: processes killed and
-# restarted, clusters started): run first, so that the two test processes end together,
-# sharing out the many short tests last instead of one waiting on the other's long one.
-LONGEST_FIRST = ("tests/test_serve.py", "tests/test_multinode.py", "tests/test_faults.py",
-                 "tests/services/test_dispatcher.py", "tests/test_wakeups.py", "tests/test_busy_job.py",
-                 "tests/api/test_capacity.py", "tests/api/test_fuzz.py", "tests/services/test_mlflow_access.py")
-
-
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks
 def pytest_collection_modifyitems(items):
     """`make test` runs two test processes (pytest-xdist, --dist loadgroup): the tests of a
     module whose fixture lives as long as the module (a whole service, an MLflow server, a
-    Ray cluster) all go to one process, which starts that fixture once; the longest
-    modules go first (LONGEST_FIRST), in a stable order that keeps each module's tests
-    together."""
-    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+    Ray cluster) all go to one process, which starts that fixture once."""
     for item in items:
         fixtures = getattr(item, "_fixtureinfo", None)
         if fixtures and any(defs[-1].scope == "module" for defs in fixtures.name2fixturedefs.values()):
