@@ -18,15 +18,14 @@ from tests.helpers import fresh_database, running_service
 from tests.s3 import S3_CREDENTIALS
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks
-def pytest_collection_modifyitems(items):
+def pytest_itemcollected(item):
     """`make test` runs two test processes (pytest-xdist, --dist loadgroup): the tests of a
     module whose fixture lives as long as the module (a whole service, an MLflow server, a
-    Ray cluster) all go to one process, which starts that fixture once."""
-    for item in items:
-        fixtures = getattr(item, "_fixtureinfo", None)
-        if fixtures and any(defs[-1].scope == "module" for defs in fixtures.name2fixturedefs.values()):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    Ray cluster) all go to one process, which starts that fixture once. Marked as each
+    test is collected: pytest-xdist reads the marks in its own collection_modifyitems."""
+    fixtures = getattr(item, "_fixtureinfo", None)
+    if fixtures and any(defs[-1].scope == "module" for defs in fixtures.name2fixturedefs.values()):
+        item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
