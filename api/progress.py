@@ -28,13 +28,15 @@ def job_lines(job: dict) -> list[str]:
     return [header] + [fold_line(f, job["spec"]["max_epochs"]) for f in job["folds"]]
 
 
-def follow(fetch: Callable[[], dict], out: TextIO | None = None, interval: float = 1.0) -> dict:
-    """Show a job's progress until it ends; redraws in place on a terminal."""
+def follow(fetch: Callable[[], dict], out: TextIO | None = None, interval: float = 1.0,
+           lines_of: Callable[[dict], list[str]] = job_lines) -> dict:
+    """Show a job's progress (or, with `lines_of`, whatever `fetch` returns that has a
+    status) until it ends; redraws in place on a terminal."""
     out = out or sys.stdout
     shown: list[str] = []
     while True:
         job = fetch()
-        lines = job_lines(job)
+        lines = lines_of(job)
         if out.isatty():
             if shown:
                 out.write(f"\x1b[{len(shown)}A")  # back to the top of the previous frame

@@ -2,11 +2,9 @@
 leaderboard with its statistics."""
 from __future__ import annotations
 
-import sys
-import time
 from typing import Callable, TextIO
 
-STUDY_FINISHED = {"succeeded", "failed", "cancelled"}
+from api.progress import follow
 
 
 def progress_lines(study: dict, jobs: dict[str, dict]) -> list[str]:
@@ -22,20 +20,15 @@ def progress_lines(study: dict, jobs: dict[str, dict]) -> list[str]:
     return lines
 
 
-def follow_study(fetch: Callable[[], tuple[dict, dict[str, dict]]], out: TextIO | None = None,
-                 interval: float = 1.0) -> dict:
-    out = out or sys.stdout
-    shown: list[str] = []
-    while True:
+def follow_study(fetch: Callable[[], tuple[dict, dict[str, dict]]], out: TextIO | None = None) -> dict:
+    """Each variant's progress until the study ends (api.progress.follow); the study."""
+    latest: dict = {}
+
+    def fetch_study() -> dict:
         study, jobs = fetch()
-        lines = progress_lines(study, jobs)
-        if lines != shown:
-            out.write("\n".join(lines) + "\n")
-            out.flush()
-        shown = lines
-        if study["status"] in STUDY_FINISHED:
-            return study
-        time.sleep(interval)
+        latest["jobs"] = jobs
+        return study
+    return follow(fetch_study, out, lines_of=lambda study: progress_lines(study, latest["jobs"]))
 
 
 def leaderboard_table(study: dict) -> str:

@@ -7,7 +7,9 @@ metric per fold per variant, and a job's learning curves with each fold's best e
 """
 from __future__ import annotations
 
+import functools
 import io
+import threading
 
 import numpy as np
 # Figure objects, never pyplot: pyplot keeps global state (the current figure), which
@@ -16,6 +18,18 @@ from matplotlib.figure import Figure
 
 SIZE = (8, 5)  # inches, at 100 dpi: 800 × 500 pixels
 DPI = 100
+# One figure drawn at a time in a process: matplotlib's text layout (its mathtext parser,
+# which the log axes' tick labels go through) is not thread-safe, and the API's request
+# threads and the dispatcher (a study's results) may draw at once.
+DRAWING = threading.Lock()
+
+
+def one_at_a_time(draw):
+    @functools.wraps(draw)
+    def drawn(*args, **kwargs) -> bytes:
+        with DRAWING:
+            return draw(*args, **kwargs)
+    return drawn
 
 
 def png(figure) -> bytes:
@@ -40,6 +54,7 @@ def mean_and_spread(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray, 
     return np.arange(1, length + 1), np.nanmean(grid, axis=0), np.nanstd(grid, axis=0)
 
 
+@one_at_a_time
 def validation_curves(variants: dict[str, list[list[float]]], title: str) -> bytes:
     """Each variant's mean validation loss over epochs, with a band of ±1 std over folds."""
     figure, axes = new_figure()
@@ -57,6 +72,7 @@ def validation_curves(variants: dict[str, list[list[float]]], title: str) -> byt
     return png(figure)
 
 
+@one_at_a_time
 def training_loss(variants: dict[str, tuple[list[float], list[float]]], title: str) -> bytes:
     """Each variant's raw training loss (fold 0, thin) against its exponentially weighted
     average (bias-corrected, thick), as the lecture draws the noisy loss of mini-batches."""
@@ -73,6 +89,7 @@ def training_loss(variants: dict[str, tuple[list[float], list[float]]], title: s
     return png(figure)
 
 
+@one_at_a_time
 def fold_scores(variants: dict[str, list[float]], metric: str, title: str) -> bytes:
     """The test metric of every fold of every variant (a strip plot), with each mean."""
     figure, axes = new_figure()
@@ -92,6 +109,7 @@ def fold_scores(variants: dict[str, list[float]], metric: str, title: str) -> by
     return png(figure)
 
 
+@one_at_a_time
 def learning_curves(folds: dict[int, tuple[list[float], list[float], int | None]], title: str) -> bytes:
     """Every fold's training and validation loss, its best epoch marked."""
     figure, axes = new_figure()

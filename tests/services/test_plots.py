@@ -42,3 +42,12 @@ def test_a_figure_shows_what_it_is_given():
     empty = np.asarray(image(validation_curves({"none": [[]]}, "nothing")).convert("RGB"))
     drawn = np.asarray(image(validation_curves(CURVES, "validation")).convert("RGB"))
     assert len(np.unique(drawn.reshape(-1, 3), axis=0)) > 2 * len(np.unique(empty.reshape(-1, 3), axis=0))
+
+
+def test_figures_drawn_from_several_threads_at_once_all_come_out():
+    """The API's request threads and the dispatcher draw at once: unguarded, matplotlib's
+    mathtext parser (log-axis tick labels) raised ParseException under such a race."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(4) as pool:
+        pngs = list(pool.map(lambda _: validation_curves(CURVES, "together"), range(12)))
+    assert all(image(png).size == (800, 500) for png in pngs)
