@@ -39,12 +39,14 @@ async def submit_study(request_body: StudySpec, request: Request, settings: Sett
                        idempotency_key: IdempotencyKey = None):
     variants = expand(request_body)
     data = await resolve_data(request, variants[0][1], owner)  # one dataset for all: checked by expand
+    nodes = None if settings.cluster_can_grow else await anyio.to_thread.run_sync(
+        request.app.state.known_nodes.current)  # read once for every variant
     resolved = []
     for label, spec in variants:
         loaded = replace(data, loading=loading_of(spec, data, settings.stream_above_bytes))
         check_memory(spec, loaded, settings.max_fold_memory_bytes)
-        if not settings.cluster_can_grow:
-            check_runnable(spec, await anyio.to_thread.run_sync(request.app.state.known_nodes.current))
+        if nodes is not None:
+            check_runnable(spec, nodes)
         resolved.append((label, spec, loaded))
     submitted = studies.prepare_study(request_body, resolved, owner, idempotency_key)
 
