@@ -8,7 +8,8 @@ from pydantic import BaseModel, Field
 
 from services.models import BUNDLED_OWNER, Dataset, Fold, Job, Study
 from services.public_errors import public_message
-from services.results import experiment_link, mlflow_link
+from services.refits import refit_summary
+from services.results import experiment_link, mlflow_link, model_link
 from services.states import FoldStatus, JobStatus
 from services.studies import summary
 
@@ -57,6 +58,12 @@ class JobOut(BaseModel):
     cancel_requested: bool
     study_id: str | None = Field(None, description="the study this job is a variant of, if any")
     variant: str | None = Field(None, description="its label in that study")
+    refit: dict | None = Field(None, description="the refit this job (refit: true) or study asked for: "
+                                                 "job_id, status, epochs, registered_model")
+    refit_of: str | None = Field(None, description="a refit: the job whose folds it follows, trained "
+                                                   "on every row")
+    registered_model: dict | None = Field(None, description="a refit's model in the MLflow Model Registry: "
+                                                            "name, version, mlflow_url")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -104,7 +111,8 @@ def job_out(job: Job, ui_url: str) -> JobOut:
     return JobOut(id=job.id, name=job.name, status=job.status, priority=job.priority,
                   waiting_reason=job.waiting_reason,
                   cancel_requested=job.cancel_requested, study_id=job.study_id, variant=job.variant,
-                  created_at=job.created_at,
+                  refit=refit_summary(job.refits[0] if job.refits else None, ui_url), refit_of=job.refit_of,
+                  registered_model=model_link(ui_url, job.registered_model), created_at=job.created_at,
                   started_at=job.started_at, finished_at=job.finished_at,
                   error=shown(job.error, public_message),
                   spec=job.spec, classes=(job.data or {}).get("classes") or None,
@@ -186,6 +194,8 @@ class StudyOut(BaseModel):
     best: str | None = Field(description="the label of the best variant, once every variant is tested")
     variants: list[StudyVariantOut]
     spec: dict = Field(description="the study as submitted")
+    refit: dict | None = Field(None, description="with refit: true, the best variant's refit once every "
+                                                 "variant has ended: job_id, status, epochs, registered_model")
     mlflow_experiment_url: str | None
 
 

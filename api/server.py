@@ -62,7 +62,7 @@ def mlflow_access(settings: Settings):
     """The MLflow server's basic-auth, when it runs it (CROSSFOLD_MLFLOW_AUTH)."""
     if not settings.mlflow_auth:
         return None
-    from services.tracking import MlflowAccess
+    from services.mlflow_access import MlflowAccess
     return MlflowAccess(settings.resolved_tracking_uri())
 
 

@@ -33,6 +33,7 @@ from services.mlflow_logins import retire_refused_logins
 from services.models import Fold, Job
 from services.progress_records import store_progress
 from services.quotas import Limits, limits_of, runtime_of
+from services.refits import add_refit, register
 from services.reports import summed
 from services.run_records import best_of, model_of, record_best
 from services.results import fold_table, summarize
@@ -42,7 +43,8 @@ from services.study_runs import finish_if_done
 from services.settings import get_settings
 from services.tick_pause import TickPause
 from services.tracking import Tracker, transient
-from services.wakeups import Wakeup, listener_for
+from services.wakeups import Wakeup, announce, listener_for
+from workers.plans import FoldPlan
 from workers.results import Ending, FoldResult
 
 log = logging.getLogger(__name__)
@@ -241,7 +243,8 @@ class Dispatcher:
         unfinished = [fold.index for fold in job.folds if fold.status not in FINISHED_FOLD]
         if unfinished and not job.cancel_requested and not active.cancelling:
             source = source_of(data, self.store)
-            plans = split_plans_cached(data, source, spec.cv, unfinished, self.store)
+            plans = ([FoldPlan.everything(data.rows)] if job.refit_of else
+                     split_plans_cached(data, source, spec.cv, unfinished, self.store))
             config = spec.training_config(data_loading=data.loading)
             self.active[job.id].tasks = self.cluster.submit(source, plans, config, job.id)
         log.info("job %s %s: %d folds to run", job.id, "adopted" if adopted else "started", len(unfinished))
@@ -355,6 +358,8 @@ class Dispatcher:
         target, error = self.outcome_of(job, self.active[job_id])
         self.cancel_leftover_folds(job)
         job.summary = summarize([f.test_metrics for f in job.folds if f.status is FoldStatus.SUCCEEDED])
+        if job.refit_of and target is JobStatus.SUCCEEDED and (error := register(session, self.tracker, job)):
+            target = JobStatus.FAILED
         job.error = error
         # MLflow first: once the job reads as finished, its runs must be finished too.
         self.log_classes(job)
@@ -362,6 +367,9 @@ class Dispatcher:
                                 table=fold_table(job.folds), error=error)
         move_job(job, target)
         job.lease_expires_at = None
+        if target is JobStatus.SUCCEEDED and JobSpec.model_validate(job.spec).refit:
+            add_refit(session, job)  # queued with this job's end, in one commit
+            announce(session)
         session.commit()
         del self.active[job_id]
         self.cluster.forget(job_id)

@@ -26,9 +26,14 @@ def create_runs(session: Session, tracker: Tracker, store: DatasetStore, job: Jo
         experiment, study_run = study_run_of(session, tracker, job, experiment)
         tags = {"crossfold.study_id": job.study_id, "crossfold.variant": job.variant,
                 "mlflow.parentRunId": study_run}
+    if job.refit_of:  # beneath the run of the job it refits, in that job's experiment
+        origin = session.get(Job, job.refit_of)
+        experiment = origin.mlflow_experiment_id or experiment
+        tags = {"crossfold.refit_of": origin.id, **({"mlflow.parentRunId": origin.mlflow_run_id}
+                                                     if origin.mlflow_run_id else {})}
     experiment, parent, children = tracker.start_job(
-        job_id=job.id, name=job.name, owner=job.owner, params=params, n_folds=spec.cv.total_folds,
-        experiment=experiment, label=job.variant, tags=tags)
+        job_id=job.id, name=job.name, owner=job.owner, params=params, n_folds=len(job.folds),
+        experiment=experiment, label=job.variant or ("refit" if job.refit_of else None), tags=tags)
     try:
         log_dataset(session, tracker, store, [parent, *children], data)
     except Exception:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from services.auth import utcnow
 from services.models import ApiKey
-from services.tracking import MlflowAccess
+from services.mlflow_access import MlflowAccess
 
 
 def use_as_mlflow_password(session: Session, access: MlflowAccess, key_row: ApiKey, key: str) -> None:

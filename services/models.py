@@ -82,12 +82,19 @@ class Job(Base):
     # A study's variant: the study, and the variant's label (services.studies).
     study_id: Mapped[str | None] = mapped_column(String(36), index=True)
     variant: Mapped[str | None] = mapped_column(String(100))
+    # A refit (services.refits): the job whose folds it follows, trained on every row, and
+    # the MLflow Model Registry version it registered ({"name", "version"}).
+    refit_of: Mapped[str | None] = mapped_column(String(36), index=True)
+    registered_model: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     folds: Mapped[list[Fold]] = relationship(back_populates="job", order_by="Fold.index",
                                              cascade="all, delete-orphan")
+    # Its refit, once asked for (at most one: services.refits).
+    refits: Mapped[list[Job]] = relationship(primaryjoin="Job.id == foreign(Job.refit_of)", viewonly=True,
+                                             lazy="selectin", join_depth=1)  # loaded with the job: the API shows it
 
 
 class Study(Base):

@@ -83,7 +83,7 @@ def record_epoch(fold: Fold, event: EpochEnded, writes: RunWrites) -> None:
         return
     metrics = event.metrics
     fold.epoch = event.epoch
-    fold.train_loss, fold.val_loss = metrics["train_loss"], metrics["val_loss"]
+    fold.train_loss, fold.val_loss = metrics["train_loss"], metrics.get("val_loss")  # none in a refit
     fold.val_accuracy = metrics.get("val_accuracy")  # None for regression
     if event.best_epoch == event.epoch:  # the best so far: shown beside the latest
         record_best(fold, event.epoch, metrics)

@@ -1,6 +1,8 @@
 """Fold results summed up: mean and spread over folds, and the fold table."""
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import statistics
 
 
@@ -39,6 +41,14 @@ def mlflow_link(ui_url: str, experiment_id: str | None, run_id: str | None) -> s
     if not (experiment_id and run_id):
         return None
     return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
+
+
+def model_link(ui_url: str, registered: dict | None) -> dict | None:
+    """A registered model version ({"name", "version"}) with its page in the MLflow UI."""
+    if not registered:
+        return None
+    url = f"{ui_url.rstrip('/')}/#/models/{quote(registered['name'], safe='')}/versions/{registered['version']}"
+    return {**registered, "mlflow_url": url}
 
 
 def experiment_link(ui_url: str, experiment_id: str | None) -> str | None:

@@ -20,6 +20,7 @@ from services.leaderboard import HIGHER_IS_BETTER, METRICS, default_metric, lead
 from services.results import experiment_link
 from services.models import Job, Study
 from services.quotas import Limits
+from services.refits import refit_summary
 from services.spec import JobSpec
 from services.states import FINISHED_JOB, JobStatus
 from services.study_spec import StudySpec
@@ -98,7 +99,8 @@ def get_study(session: Session, study_id: str, owner: str | None = None) -> Stud
 
 def jobs_of(session: Session, study: Study) -> list[Job]:
     """The study's jobs, in the order of its variants."""
-    jobs = session.scalars(select(Job).where(Job.study_id == study.id).options(selectinload(Job.folds)))
+    jobs = session.scalars(select(Job).where(Job.study_id == study.id)
+                           .options(selectinload(Job.folds), selectinload(Job.refits)))
     order = {label: i for i, label in enumerate(study.spec["labels"])}
     return sorted(jobs, key=lambda job: order.get(job.variant, len(order)))
 
@@ -124,6 +126,7 @@ def summary(study: Study, jobs: list[Job], ui_url: str) -> dict:
             "metric": board["metric"], "higher_is_better": board["higher_is_better"], "rope": board["rope"],
             "target_val_loss": study.spec.get("target_val_loss"), "best": board["best"],
             "variants": board["variants"], "spec": study.spec["request"],
+            "refit": refit_summary(next((job.refits[0] for job in jobs if job.refits), None), ui_url),
             "mlflow_experiment_url": experiment_link(ui_url, experiment)}
 
 
@@ -140,7 +143,8 @@ def cancel_study(session: Session, study_id: str, owner: str | None = None) -> S
     study = get_study(session, study_id, owner)
     study.cancel_requested = True
     session.commit()
-    for job in jobs_of(session, study):
+    jobs = jobs_of(session, study)
+    for job in [*jobs, *(refit for job in jobs for refit in job.refits)]:
         if job.status not in FINISHED_JOB:
             try:
                 cancel_job(session=session, job_id=job.id, owner=owner)

@@ -11,13 +11,16 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from services.figures import STUDY_PLOTS, study_plot
+from services.leaderboard import leaderboard
 from services.models import Job, Study
+from services.refits import add_refit
 from services.report import report_html
 from services.results import mlflow_link
 from services.settings import get_settings
 from services.states import FINISHED_JOB
 from services.studies import jobs_of, summary
 from services.tracking import END_STATUS, Tracker
+from services.wakeups import announce
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +49,26 @@ def finish_if_done(session: Session, tracker: Tracker, study_id: str) -> None:
     computes all of it from the database); the run stays open, and a warning says so."""
     study = session.get(Study, study_id)
     jobs = jobs_of(session, study)
-    if study.mlflow_run_id is None or any(job.status not in FINISHED_JOB for job in jobs):
+    if any(job.status not in FINISHED_JOB for job in jobs):
+        return
+    if study.spec["request"].get("refit") and not study.cancel_requested:
+        refit_best(session, study, jobs)
+    if study.mlflow_run_id is None:
         return
     try:
         write_results(tracker, study, jobs)
     except Exception as error:
         log.warning("could not write study %s's results to MLflow: %s", study.id, error)
+
+
+def refit_best(session: Session, study: Study, jobs: list[Job]) -> None:
+    """Queue the refit of the study's best variant (none when no variant succeeded)."""
+    best = leaderboard(study, jobs)["best"]
+    job = next((job for job in jobs if job.variant == best), None)
+    if job is not None:
+        add_refit(session, job)
+        announce(session)
+        session.commit()
 
 
 def write_results(tracker: Tracker, study: Study, jobs: list[Job]) -> None:

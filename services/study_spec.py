@@ -45,6 +45,9 @@ class StudySpec(StrictModel):
                         "the Bayesian test: differences of the metric within ±rope count as equal")
     target_val_loss: float | None = Field(None, gt=0, description="every variant's folds record the "
                                                                  "first epoch at this validation loss")
+    refit: bool = Field(False, description="once every variant has ended, refit the best one on every "
+                                           "row and register it in the MLflow Model Registry under the "
+                                           "study's name")
 
     @field_validator("variants")
     @classmethod
@@ -78,6 +81,9 @@ def expand(study: StudySpec) -> list[tuple[str, JobSpec]]:
     specs = []
     for label, changes, where in variants:
         spec = validated(changed(base, changes, where), where)
+        if spec.refit:  # one model for the study, not one per variant
+            field = "base.refit" if base_spec.refit else f"{where}.refit"
+            raise InvalidJob(field, "set refit on the study: it refits the best variant once all have ended")
         for section in FROZEN:
             if getattr(spec, section) != getattr(base_spec, section):
                 raise InvalidJob(f"{where}.{section}", f"a variant may not change the {section}: "

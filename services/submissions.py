@@ -181,7 +181,7 @@ def replayed(session: Session, submission: Submission) -> Outcome:
 
 def find_by_key(session: Session, owner: str, key: str) -> Job | None:
     return session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key)
-                          .options(selectinload(Job.folds)))
+                          .options(selectinload(Job.folds), selectinload(Job.refits)))
 
 
 def request_hash(spec: JobSpec) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import secrets
 import shutil
 import tempfile
 import threading
@@ -33,6 +32,7 @@ from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import OperationalError
 
+from services.mlflow_access import MlflowAccess
 from services.reports import class_report, confusion_png
 
 log = logging.getLogger(__name__)
@@ -277,6 +277,23 @@ class Tracker:
             (data / "model.json").write_text(json.dumps({k: v for k, v in about.items() if k != "schema"}))
             self.client.log_artifacts(run_id, str(model), artifact_path="model")
 
+    def register_model(self, run_id: str, name: str, description: str, owner: str) -> dict:
+        """A version of registered model `name` from the run's `model/`, described; the
+        version this run registered before, should it have (a refit adopted after its
+        dispatcher died between registering and recording it)."""
+        try:
+            self.client.create_registered_model(name, tags={"crossfold.owner": owner})
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        if self.access is not None:
+            self.access.grant_model_read(owner, name)
+        earlier = self.client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        version = earlier[0] if earlier else self.client.create_model_version(
+            name, f"{self.client.get_run(run_id).info.artifact_uri}/model", run_id=run_id,
+            description=description)
+        return {"name": name, "version": int(version.version)}
+
     def tag(self, run_id: str, key: str, value: str) -> None:
         self.client.set_tag(run_id, key, value)
 
@@ -352,58 +369,3 @@ class ModelTemplates:
 
 
 MODEL_TEMPLATES = ModelTemplates()
-
-
-EXPERIMENT = "experiment"  # MLflow's resource type for an experiment's permissions
-
-
-class MlflowAccess:
-    """Who sees what, where the MLflow server runs its basic-auth app (docker-compose.yml).
-
-    The server shows nothing to anyone not granted it (`default_permission =
-    NO_PERMISSIONS`). The dispatcher logs in as MLflow's admin (MLFLOW_TRACKING_USERNAME /
-    _PASSWORD, read by MLflow's client) and, creating an owner's experiment, grants that
-    owner READ on it. Each owner is an MLflow user of the same name whose password is an
-    API key of theirs, set by `crossfold keys create`: they log in to the UI with their
-    owner name and key, and see their own jobs' experiments, runs and checkpoints only."""
-
-    def __init__(self, tracking_uri: str):
-        from mlflow.server.auth.client import AuthServiceClient  # loads MLflow's whole server
-        self.client = AuthServiceClient(tracking_uri)
-
-    def grant_read(self, owner: str, experiment_id: str) -> None:
-        """Let `owner` read one experiment (its runs, metrics and artifacts), nothing more."""
-        self.ensure_user(owner)
-        try:
-            self.client.grant_user_permission(owner, EXPERIMENT, experiment_id, "READ")
-        except MlflowException as error:
-            if error.error_code != "RESOURCE_ALREADY_EXISTS":  # granted before: nothing to do
-                raise
-
-    def ensure_user(self, owner: str) -> None:
-        """The owner's MLflow user; created with an unusable random password until a key
-        of theirs sets one (set_password)."""
-        if not self.exists(owner):
-            self.create(owner, secrets.token_urlsafe(32))
-
-    def set_password(self, owner: str, password: str) -> None:
-        if self.exists(owner):
-            self.client.update_user_password(owner, password)
-        else:
-            self.create(owner, password)
-
-    def exists(self, owner: str) -> bool:
-        try:
-            self.client.get_user(owner)
-            return True
-        except MlflowException as error:
-            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return False
-            raise
-
-    def create(self, owner: str, password: str) -> None:
-        try:
-            self.client.create_user(owner, password)
-        except MlflowException as error:
-            if error.error_code != "RESOURCE_ALREADY_EXISTS":  # another dispatcher got there first
-                raise

@@ -171,6 +171,46 @@ def test_an_uploaded_csv_trains_and_its_exported_model_predicts_raw_rows(stack, 
     assert inputs == {"age", "city", "member", "sex"}
 
 
+def test_a_refit_trains_one_model_on_every_row_and_registers_it_with_its_cv_scores(stack):
+    """refit: true. Once the folds have scored the job, a refit job trains one model on all
+    150 rows for the folds' mean best epoch (no validation, no test, no early stopping),
+    logs it beneath the job's run and registers it under the job's name; loaded from the
+    Model Registry, it predicts raw rows."""
+    import mlflow.pyfunc
+    import pandas as pd
+    from sklearn.datasets import load_iris
+
+    http, tracker = stack
+    done = wait_until_finished(http, http.post("/jobs", json=small_job(name="iris-refit", refit=True)).json()["id"])
+    assert done["status"] == "succeeded", done["error"]
+    asked = wait_for(lambda: http.get(f"/jobs/{done['id']}").json()["refit"], 30)
+    refit = wait_until_finished(http, asked["job_id"])
+    assert refit["status"] == "succeeded", refit["error"]
+    epochs = round(statistics.fmean(f["best_epoch"] for f in done["folds"]))
+    assert refit["refit_of"] == done["id"] and refit["spec"]["max_epochs"] == epochs
+    assert refit["spec"]["early_stopping"] is None and refit["spec"]["refit"] is False
+    [fold] = refit["folds"]
+    assert fold["epoch"] == fold["best_epoch"] == epochs  # the budget, the last epoch kept
+    assert fold["test_metrics"] == {} and fold["val_loss"] is None and fold["train_loss"] > 0
+    registered = refit["registered_model"]
+    assert registered["name"] == "iris-refit" and registered["mlflow_url"].endswith(
+        f"/#/models/iris-refit/versions/{registered['version']}")
+    assert http.get(f"/jobs/{done['id']}").json()["refit"]["registered_model"] == registered
+    client = tracker.client
+    version = client.get_model_version("iris-refit", str(registered["version"]))
+    assert version.run_id == fold["mlflow_run_id"]
+    assert f"accuracy {done['summary']['test_accuracy_mean']:.4g}" in version.description
+    assert f"for {epochs} epochs" in version.description and "over 3 folds" in version.description
+    run = client.get_run(refit["mlflow_run_id"])  # beneath the refitted job's run
+    assert run.data.tags["mlflow.parentRunId"] == done["mlflow_run_id"]
+    assert run.info.experiment_id == done["mlflow_experiment_id"]
+    mlflow.set_tracking_uri(client.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/iris-refit/{registered['version']}")
+    iris = load_iris(as_frame=True)
+    predicted = np.asarray(model.predict(pd.DataFrame(iris.data))).reshape(-1)
+    assert (predicted == iris.target.to_numpy()).mean() > 0.9  # rows it trained on
+
+
 def test_a_streamed_job_uses_the_folds_of_the_same_job_in_memory_and_learns_as_much(stack, request):
     """One generated dataset, the same job read two ways: the fold tasks of the second
     read its Parquet file a row group at a time (workers.stream). Both use the one fold
@@ -246,7 +286,7 @@ def test_a_study_runs_its_variants_and_ranks_them_on_the_same_folds(stack, tmp_p
                                                      cv={"folds": 3, "seed": 0, "repeats": 2}),
              "variants": [{"label": "adam", "optimizer": {"name": "adam", "lr": 0.02}},
                           {"label": "slow-sgd", "optimizer": {"name": "sgd", "lr": 0.0005}}],
-             "target_val_loss": 0.7, "rope": 0.02}
+             "target_val_loss": 0.7, "rope": 0.02, "refit": True}
     path = tmp_path / "study.json"
     path.write_text(json.dumps(study))
     assert cli(["--url", url, "study", str(path), "--wait"]) == 0
@@ -265,6 +305,7 @@ def test_a_study_runs_its_variants_and_ranks_them_on_the_same_folds(stack, tmp_p
     assert 0 <= against["p_value"] <= 1 and against["p_worse"] > 0.5
     assert abs(against["p_worse"] + against["p_equivalent"] + against["p_better"] - 1) < 1e-9
     jobs = [http.get(f"/jobs/{v['job_id']}").json() for v in board["variants"]]
+    adam_run = jobs[0]["mlflow_run_id"]
     assert all(len(j["folds"]) == 6 and j["study_id"] == study_id for j in jobs)
     assert len({j["dataset_id"] for j in jobs}) == 1 and jobs[0]["spec"]["cv"] == jobs[1]["spec"]["cv"]
     assert cli(["--url", url, "study", "show", study_id]) == 0
@@ -292,6 +333,16 @@ def test_a_study_runs_its_variants_and_ranks_them_on_the_same_folds(stack, tmp_p
         {a.path for a in client.list_artifacts(study_run.info.run_id, "plots")}
     assert {"leaderboard.json", "report.html", "plots/validation_loss.png", "plots/fold_scores.png"} <= kept
     assert http.get(f"/jobs/{adam['job_id']}/plots/fold_scores.png").status_code == 404
+    # refit: true refits the best variant once all have ended, registered under the study's name.
+    asked = wait_for(lambda: http.get(f"/studies/{study_id}").json()["refit"], 30)
+    refit = wait_until_finished(http, asked["job_id"])
+    assert refit["status"] == "succeeded" and refit["refit_of"] == adam["job_id"]
+    assert refit["variant"] == "refit of adam" and refit["spec"]["optimizer"]["name"] == "adam"
+    assert refit["spec"]["max_epochs"] == 8 and refit["registered_model"]["name"] == "study-e2e"
+    version = client.get_model_version("study-e2e", str(refit["registered_model"]["version"]))
+    assert "variant adam of study study-e2e" in version.description
+    assert client.get_run(refit["mlflow_run_id"]).data.tags["mlflow.parentRunId"] == adam_run
+    assert http.get(f"/studies/{study_id}").json()["variants"] == board["variants"]  # not a variant
 
 
 @needs_chromium

@@ -37,7 +37,7 @@ class EarlyStopping:
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> bool:
         """Record this epoch; return True when training should stop."""
-        value = metrics[self.monitor]
+        value = metrics.get(self.monitor)  # absent for a refit: no validation rows, no patience
         if (self.target_epoch is None and self.target_val_loss is not None
                 and metrics["val_loss"] <= self.target_val_loss):
             self.target_epoch = epoch

@@ -26,6 +26,12 @@ class FoldPlan:
     fold_of_row: np.ndarray     # int8 (int16 past 127 folds), one entry per row
     folds: int                  # k, of one repetition
 
+    @classmethod
+    def everything(cls, rows: int) -> "FoldPlan":
+        """A refit's plan: every row trains, none validates or tests. (One fold of one,
+        and no row in it: the test and validation rows are those of fold 0.)"""
+        return cls(0, np.full(rows, -1, dtype=np.int8), 1)
+
     @property
     def position(self) -> int:
         """Its fold within its repetition."""

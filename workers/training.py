@@ -90,9 +90,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Ta
 
 
 @torch.no_grad()
-def evaluation_sums(model: nn.Module, task: Task, data: Split) -> torch.Tensor:
+def evaluation_sums(model: nn.Module, task: Task, data: Split) -> torch.Tensor | None:
     """The task's metric sums over a split, in evaluation mode (running batch-norm
-    statistics, no dropout), on the device."""
+    statistics, no dropout), on the device; None for an empty split (a refit's)."""
     model.eval()
     sums = None
     for start in range(0, len(data), EVAL_CHUNK):
@@ -109,17 +109,19 @@ def has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def epoch_metrics(task: Task, train_loss: float, val_sums: list[float], n_val: int,
+def epoch_metrics(task: Task, train_loss: float, val_sums: list[float] | None, n_val: int,
                   average: LossAverage) -> dict[str, float]:
+    """The epoch's training loss and its averages, and the validation metrics when there
+    is a validation split (a refit, trained on every row, has none)."""
     ewma, corrected = average.update(train_loss)
-    val = task.metrics(val_sums, n_val)
+    val = task.metrics(val_sums, n_val) if val_sums is not None else {}
     return {"train_loss": train_loss, "train_loss_ewma": ewma, "train_loss_ewma_corrected": corrected,
             **{f"val_{name}": value for name, value in val.items()}}
 
 
 def check_finite(metrics: dict[str, float], epoch: int) -> None:
     for name in ("train_loss", "val_loss"):
-        if not math.isfinite(metrics[name]):
+        if name in metrics and not math.isfinite(metrics[name]):
             raise TrainingDiverged(f"loss became {metrics[name]} at epoch {epoch} ({name})")
 
 
@@ -155,13 +157,15 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, *, index
 
 
 def close_epoch(task: Task, index: int, progress: Progress, callbacks: Callbacks, train_loss: torch.Tensor,
-                val_sums: torch.Tensor, n_val: int) -> bool:
+                val_sums: torch.Tensor | None, n_val: int) -> bool:
     """The end of an epoch, wherever its batches came from: its metrics (TrainingDiverged
     if a loss is not finite), early stopping's decision, the report and the checkpoint.
-    Whether training stops."""
+    Whether training stops. `val_sums` None: no validation split (a refit)."""
     # The epoch's single host synchronisation: training loss and validation sums together.
-    values = torch.cat([train_loss.reshape(1), val_sums]).tolist()
-    metrics = epoch_metrics(task, values[0], values[1:], n_val, progress.average)
+    parts = [train_loss.reshape(1)] + ([] if val_sums is None else [val_sums])
+    values = torch.cat(parts).tolist()
+    metrics = epoch_metrics(task, values[0], values[1:] if val_sums is not None else None, n_val,
+                            progress.average)
     check_finite(metrics, progress.epoch)
     stopped = progress.stopper.on_epoch_end(progress.epoch, metrics, progress.model)
     callbacks.epoch_ended(index, EpochReport(progress.epoch, metrics, progress.stopper.best_epoch))
@@ -169,9 +173,12 @@ def close_epoch(task: Task, index: int, progress: Progress, callbacks: Callbacks
     return stopped
 
 
-def tested(task: Task, index: int, progress: Progress, test_sums: torch.Tensor, n_test: int) -> FoldResult:
-    """The fold's result, once the best epoch's weights are back and tested."""
-    sums, stopper = test_sums.tolist(), progress.stopper
+def tested(task: Task, index: int, progress: Progress, test_sums: torch.Tensor | None,
+           n_test: int) -> FoldResult:
+    """The fold's result, once the best epoch's weights are back and tested (`test_sums`
+    None: a refit, which has no test rows)."""
+    stopper = progress.stopper
+    sums = test_sums.tolist() if test_sums is not None else None
     return FoldResult(index, Ending.SUCCEEDED, stopper.best_epoch, progress.epoch, stopper.best_metrics,
-                      task.metrics(sums, n_test), weights_bytes(stopper.best_state), task.confusion(sums),
-                      target_epoch=stopper.target_epoch)
+                      task.metrics(sums, n_test) if sums else {}, weights_bytes(stopper.best_state),
+                      task.confusion(sums) if sums else None, target_epoch=stopper.target_epoch)

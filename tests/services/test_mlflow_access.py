@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import requests
 
-from services.tracking import MlflowAccess, Tracker
+from services.mlflow_access import MlflowAccess
+from services.tracking import Tracker
 from tests.helpers import free_port, mlflow_server as running_mlflow
 
 ADMIN = ("crossfold", "admin-password-for-tests")

@@ -44,6 +44,7 @@ def test_a_grid_is_crossed_and_labelled_by_its_values():
     ({"variants": [{"label": "seed", "cv.seed": 4}]}, "variants.0.cv", "identical folds"),
     ({"variants": [{"label": "a"}, {"label": "a"}]}, "variants", "unique"),
     ({"variants": [{"optimizer.lr": 0.1}]}, "variants.0.label", "needs a label"),
+    ({"variants": [{"label": "r", "refit": True}]}, "variants.0.refit", "set refit on the study"),
     ({"grid": {"max_epochs": list(range(1, MAX_VARIANTS + 2))}}, "grid", f"at most {MAX_VARIANTS}"),
 ])
 def test_bad_studies_are_refused_naming_the_field_and_the_rule(study, field, words):
@@ -57,3 +58,10 @@ def test_too_many_listed_variants_or_neither_form_are_refused_by_the_schema():
         StudySpec(name="s", base=BASE, variants=[{"label": str(i)} for i in range(MAX_VARIANTS + 1)])
     with pytest.raises(ValidationError, match='either "variants" or "grid"'):
         StudySpec(name="s", base=BASE)
+
+
+def test_refit_is_the_study_s_not_its_base_s():
+    with pytest.raises(InvalidJob) as refused:
+        expand(StudySpec(name="s", base={**BASE, "refit": True}, variants=[{"label": "a"}]))
+    assert refused.value.field == "base.refit" and "refits the best variant" in refused.value.message
+    assert StudySpec(name="s", base=BASE, variants=[{"label": "a"}], refit=True).refit

@@ -159,13 +159,13 @@ def fit_streamed(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
         # Drawn from the checkpointed generator: a resumed fold reads the same orders.
         epoch_seed = int(torch.randint(2**31 - 1, (1,), generator=progress.generator))
         train_loss = train_streamed_epoch(model, optimizer, task, data, config.batch_size, epoch_seed, device)
-        val_sums = streamed_sums(model, task, data.chunks(data.rows.val), device)
+        val_sums = split_sums(model, task, data, data.rows.val, device)
         try:
             stopped = close_epoch(task, index, progress, callbacks, train_loss, val_sums, int(data.rows.val.sum()))
         except TrainingDiverged as error:
             return FoldResult.failed(index, str(error), progress.epoch)
     model.load_state_dict(stopper.best_state)
-    test_sums = streamed_sums(model, task, data.chunks(data.rows.test), device)
+    test_sums = split_sums(model, task, data, data.rows.test, device)
     return tested(task, index, progress, test_sums, int(data.rows.test.sum()))
 
 
@@ -217,6 +217,12 @@ def sliced(chunks: Batches) -> Batches:
 
 
 @torch.no_grad()
+def split_sums(model: nn.Module, task: Task, data: StreamedData, rows: np.ndarray,
+               device: torch.device) -> torch.Tensor | None:
+    """streamed_sums over these rows; None when there are none (a refit's validation and test)."""
+    return streamed_sums(model, task, data.chunks(rows), device) if rows.any() else None
+
+
 def streamed_sums(model: nn.Module, task: Task, chunks: Batches, device: torch.device) -> torch.Tensor:
     """The task's metric sums over streamed rows, in evaluation mode, on the device."""
     model.eval()

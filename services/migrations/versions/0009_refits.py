@@ -1,0 +1,27 @@
+"""refits: a job that trains one final model on every row points to the job (or the
+study's best variant) it refits, and records the model version it registered
+
+Revision ID: 0009
+Revises: 0008
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0009'
+down_revision = '0008'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # A plain column, no foreign key, as jobs.study_id (0008): SQLite cannot add one
+    # without copying the table.
+    op.add_column('jobs', sa.Column('refit_of', sa.String(length=36), nullable=True))
+    op.add_column('jobs', sa.Column('registered_model', sa.JSON(), nullable=True))
+    op.create_index('ix_jobs_refit_of', 'jobs', ['refit_of'])
+
+
+def downgrade() -> None:
+    op.drop_index('ix_jobs_refit_of', 'jobs')
+    op.drop_column('jobs', 'registered_model')
+    op.drop_column('jobs', 'refit_of')
