@@ -29,7 +29,6 @@ from services.job_inputs import check_stored_file, source_of, split_plans_cached
 from services.lifecycle import (adopt_orphaned_job, claim_next_job, hold_leases, move_fold, move_job, now,
                                 put_back, renew_leases)
 from services.metrics import TICK_SECONDS
-from services.mlflow_logins import retire_refused_logins
 from services.models import Fold, Job
 from services.progress_records import store_progress
 from services.quotas import Limits, limits_of, runtime_of
@@ -40,6 +39,7 @@ from services.results import fold_table, summarize
 from services.spec import JobSpec
 from services.states import FINISHED_FOLD, FoldStatus, JobStatus
 from services.study_runs import finish_if_done
+from services.sweeps import Sweeps, first_line
 from services.settings import get_settings
 from services.tick_pause import TickPause
 from services.tracking import Tracker, transient
@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 START_BACKOFF_S = 5.0  # a start that failed for a passing reason is tried again after this,
 MAX_START_BACKOFF_S = 300.0  # doubling each time up to this,
 MAX_START_ATTEMPTS = 8  # this many times (10 minutes of outage) before the job fails
-LOGIN_SWEEP_S = 60.0  # how often MLflow passwords that are expired keys are replaced
 NODES_EVERY_S = 2.0  # how often the cluster's nodes are looked at (and published for the API)
 NODES_WAIT_S = 10.0  # how long a job no node can run waits before it is looked at again
 
@@ -90,7 +89,7 @@ class Dispatcher:
         self.sessions, self.cluster, self.tracker, self.store = sessions, cluster, tracker, store
         self.limits = limits or get_settings().default_limits()
         self.start_backoff_s = start_backoff_s
-        self.logins_swept_at = float("-inf")
+        self.sweeps = Sweeps(tracker)
         self.max_active_jobs, self.poll_interval_s, self.lease_s = max_active_jobs, poll_interval_s, lease_s
         self.between_ticks = TickPause(cluster, self.wakeup, poll_interval_s)
         self.dispatcher_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
@@ -143,7 +142,7 @@ class Dispatcher:
             self.collect_results(session, finished)
             self.carry_out_cancellations(session)
             self.stop_overdue_jobs()
-            self.retire_mlflow_logins(session)
+            self.sweeps.run(session)
 
     def fence(self, session: Session) -> None:
         """From here on, each commit of this tick first checks that every job it holds is
@@ -442,20 +441,3 @@ class Dispatcher:
         active.ran_out = "the job ran past its time limit (max_runtime_s); its unfinished folds were cancelled"
         for ref in active.tasks:
             self.cluster.cancel(ref)
-
-    def retire_mlflow_logins(self, session: Session) -> None:
-        """Once a minute, where MLflow runs basic-auth: MLflow passwords that are keys the
-        API now refuses (revoked, expired) are replaced (services.mlflow_logins)."""
-        if self.tracker.access is None or time.monotonic() - self.logins_swept_at < LOGIN_SWEEP_S:
-            return
-        self.logins_swept_at = time.monotonic()
-        try:
-            if retired := retire_refused_logins(session, self.tracker.access):
-                log.info("replaced %d MLflow passwords that were revoked or expired keys", retired)
-        except Exception as error:  # MLflow down: the next sweep tries again
-            session.rollback()
-            log.warning("could not replace MLflow passwords of refused keys: %s", first_line(error))
-
-
-def first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]

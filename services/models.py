@@ -112,6 +112,8 @@ class Study(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    # When its MLflow run received the leaderboard, figures and report, and was closed.
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_utcnow, index=True)
 
 

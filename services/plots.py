@@ -85,7 +85,8 @@ def training_loss(variants: dict[str, tuple[list[float], list[float]]], title: s
     axes.set(xlabel="epoch", ylabel="training loss", title=title)
     axes.set_yscale("log")
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=8, ncol=2)
+    if axes.lines:  # none for a study whose variants never ran
+        axes.legend(fontsize=8, ncol=2)
     return png(figure)
 
 

@@ -7,7 +7,9 @@ import logging
 import tempfile
 from pathlib import Path
 
-from sqlalchemy import update
+from datetime import datetime, timezone
+
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from services.figures import STUDY_PLOTS, study_plot
@@ -49,7 +51,7 @@ def finish_if_done(session: Session, tracker: Tracker, study_id: str) -> None:
     computes all of it from the database); the run stays open, and a warning says so."""
     study = session.get(Study, study_id)
     jobs = jobs_of(session, study)
-    if any(job.status not in FINISHED_JOB for job in jobs):
+    if study.closed_at is not None or any(job.status not in FINISHED_JOB for job in jobs):
         return
     if study.spec["request"].get("refit") and not study.cancel_requested:
         refit_best(session, study, jobs)
@@ -59,6 +61,19 @@ def finish_if_done(session: Session, tracker: Tracker, study_id: str) -> None:
         write_results(tracker, study, jobs)
     except Exception as error:
         log.warning("could not write study %s's results to MLflow: %s", study.id, error)
+        return
+    study.closed_at = datetime.now(timezone.utc)
+    session.commit()
+
+
+def close_ended_studies(session: Session, tracker: Tracker) -> None:
+    """Studies whose variants all ended without a dispatcher finishing the last one: the
+    API cancels queued jobs itself, and a dispatcher may have died in between, or MLflow
+    been down. Their runs get their results now."""
+    open_ones = session.scalars(select(Study.id).where(Study.mlflow_run_id.is_not(None),
+                                                       Study.closed_at.is_(None)).limit(50)).all()
+    for study_id in open_ones:
+        finish_if_done(session, tracker, study_id)
 
 
 def refit_best(session: Session, study: Study, jobs: list[Job]) -> None:

@@ -91,3 +91,30 @@ def test_a_job_without_early_stopping_on_a_regression_dataset_is_accepted(client
                                         "optimizer": {"name": "sgd", "lr": 0.01}})
     assert answer.status_code == 201, answer.text
     assert answer.json()["spec"]["early_stopping"] is None
+
+
+def test_a_study_cancelled_with_its_variants_queued_still_gets_its_mlflow_run_closed(client, sessions, tmp_path):
+    """The API cancels queued variants itself, so no dispatcher finishes the study's last
+    job: its sweep (services.study_runs.close_ended_studies) closes the study's run, with
+    the results. (Here its run is made as the first variant to start would make it.)"""
+    from services.models import Study
+    from services.study_runs import close_ended_studies
+    from services.tracking import Tracker
+
+    tracker = Tracker(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifacts_dir=tmp_path / "artifacts")
+    study = client.post("/studies", json={**STUDY, "refit": True}).json()
+    run = tracker.client.create_run(tracker.experiment_id("local", "optimizers")).info.run_id
+    with sessions() as session:
+        session.get(Study, study["id"]).mlflow_run_id = run
+        session.commit()
+        close_ended_studies(session, tracker)  # still queued: nothing to close
+        assert session.get(Study, study["id"]).closed_at is None
+    assert client.post(f"/studies/{study['id']}/cancel").json()["status"] == "cancelled"
+    with sessions() as session:
+        close_ended_studies(session, tracker)
+        assert session.get(Study, study["id"]).closed_at is not None
+    closed = tracker.client.get_run(run)
+    assert closed.info.status == "KILLED"
+    assert {"leaderboard.json", "report.html"} <= {a.path for a in tracker.client.list_artifacts(run)}
+    assert client.get(f"/studies/{study['id']}").json()["refit"] is None  # a cancelled study refits nothing
+    assert client.get("/jobs").json()["total"] == 3

@@ -1,5 +1,6 @@
 """refits: a job that trains one final model on every row points to the job (or the
-study's best variant) it refits, and records the model version it registered
+study's best variant) it refits, and records the model version it registered; when a
+study's MLflow run received its results and was closed
 
 Revision ID: 0009
 Revises: 0008
@@ -19,9 +20,11 @@ def upgrade() -> None:
     op.add_column('jobs', sa.Column('refit_of', sa.String(length=36), nullable=True))
     op.add_column('jobs', sa.Column('registered_model', sa.JSON(), nullable=True))
     op.create_index('ix_jobs_refit_of', 'jobs', ['refit_of'])
+    op.add_column('studies', sa.Column('closed_at', sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column('studies', 'closed_at')
     op.drop_index('ix_jobs_refit_of', 'jobs')
     op.drop_column('jobs', 'registered_model')
     op.drop_column('jobs', 'refit_of')
