@@ -28,6 +28,7 @@ def report_html(study: dict, figures: dict[str, bytes], run_links: dict[str, str
              f"({escape(describe_cv(study['spec']))}). Ranked on the test <strong>{escape(metric)}</strong> "
              f"({'higher' if study['higher_is_better'] else 'lower'} is better).</p>",
              leaderboard_table(study, run_links),
+             refit_html(study.get("refit"), study.get("best")),
              how_to_read(metric, rope),
              *(figure_html(name, png) for name, png in figures.items()),
              links(study), "</body></html>"]
@@ -90,6 +91,18 @@ def figure_html(name: str, png: bytes) -> str:
     data = base64.b64encode(png).decode()
     return (f"<figure><img alt='{escape(name)}' src='data:image/png;base64,{data}'>"
             f"<figcaption>{escape(captions.get(name, name))}</figcaption></figure>")
+
+
+def refit_html(refit: dict | None, best: str | None) -> str:
+    """The best variant's refit on every row (refit: true), once asked for."""
+    if refit is None:
+        return ""
+    model = refit.get("registered_model")
+    where = (f"registered in the MLflow Model Registry as <a href='{escape(model['mlflow_url'])}'>"
+             f"{escape(model['name'])} version {model['version']}</a>" if model else
+             f"{escape(refit['status'])}, not registered yet")
+    return (f"<p>Refit: the best variant, {escape(best or '')}, trained again on every row for "
+            f"{refit['epochs']} epochs (its folds' mean best epoch): {where}.</p>")
 
 
 def links(study: dict) -> str:

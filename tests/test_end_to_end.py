@@ -343,6 +343,8 @@ def test_a_study_runs_its_variants_and_ranks_them_on_the_same_folds(stack, tmp_p
     assert "variant adam of study study-e2e" in version.description
     assert client.get_run(refit["mlflow_run_id"]).data.tags["mlflow.parentRunId"] == adam_run
     assert http.get(f"/studies/{study_id}").json()["variants"] == board["variants"]  # not a variant
+    assert f"the best variant, adam, trained again on every row for 8 epochs" in \
+        http.get(f"/studies/{study_id}/report").text
 
 
 @needs_chromium
