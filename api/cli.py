@@ -186,9 +186,24 @@ def status_command(args) -> int:
         print(fold_table(job))
     if job["error"]:
         print(f"error: {job['error']}")
+    for line in refit_lines(job):
+        print(line)
     if job["mlflow_url"]:
         print(f"MLflow: {job['mlflow_url']}")
     return 0
+
+
+def refit_lines(job_or_study: dict) -> list[str]:
+    """What a job or study says of its refit, or a refit of what it refits."""
+    lines = []
+    if job_or_study.get("refit_of"):
+        lines.append(f"refit of job {job_or_study['refit_of']}")
+    if refit := job_or_study.get("refit"):
+        lines.append(f"refit: job {refit['job_id']} ({refit['status']}, {refit['epochs']} epochs)")
+    model = job_or_study.get("registered_model") or (refit or {}).get("registered_model")
+    if model:
+        lines.append(f"registered model: {model['name']} version {model['version']} ({model['mlflow_url']})")
+    return lines
 
 
 def list_command(args) -> int:
@@ -225,6 +240,8 @@ def study_command(args) -> int:
     if args.what == "show" or args.wait:
         print("\n".join(progress_lines(study, {})[:1]))
         print(leaderboard_table(study))
+        for line in refit_lines(study):
+            print(line)
         if study["mlflow_experiment_url"]:
             print(f"MLflow: {study['mlflow_experiment_url']}")
     return 0 if not args.wait or study["status"] == "succeeded" else 1

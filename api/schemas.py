@@ -197,6 +197,8 @@ class StudyOut(BaseModel):
     refit: dict | None = Field(None, description="with refit: true, the best variant's refit once every "
                                                  "variant has ended: job_id, status, epochs, registered_model")
     mlflow_experiment_url: str | None
+    mlflow_url: str | None = Field(None, description="the study's run in the MLflow UI: its variants' runs "
+                                                     "beneath it, the leaderboard, figures and report on it")
 
 
 class StudyPage(BaseModel):

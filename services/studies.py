@@ -17,7 +17,7 @@ from services.errors import IdempotencyConflict, InvalidJob, JobAlreadyFinished,
 from services.job_data import JobData
 from services.jobs import cancel_job
 from services.leaderboard import HIGHER_IS_BETTER, METRICS, default_metric, leaderboard
-from services.results import experiment_link
+from services.results import experiment_link, mlflow_link
 from services.models import Job, Study
 from services.quotas import Limits
 from services.refits import refit_summary
@@ -127,7 +127,8 @@ def summary(study: Study, jobs: list[Job], ui_url: str) -> dict:
             "target_val_loss": study.spec.get("target_val_loss"), "best": board["best"],
             "variants": board["variants"], "spec": study.spec["request"],
             "refit": refit_summary(next((job.refits[0] for job in jobs if job.refits), None), ui_url),
-            "mlflow_experiment_url": experiment_link(ui_url, experiment)}
+            "mlflow_experiment_url": experiment_link(ui_url, experiment),
+            "mlflow_url": mlflow_link(ui_url, study.mlflow_experiment_id, study.mlflow_run_id)}
 
 
 def list_studies(session: Session, owner: str, limit: int, offset: int) -> tuple[list[Study], int]:

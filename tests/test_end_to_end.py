@@ -171,7 +171,7 @@ def test_an_uploaded_csv_trains_and_its_exported_model_predicts_raw_rows(stack, 
     assert inputs == {"age", "city", "member", "sex"}
 
 
-def test_a_refit_trains_one_model_on_every_row_and_registers_it_with_its_cv_scores(stack):
+def test_a_refit_trains_one_model_on_every_row_and_registers_it_with_its_cv_scores(stack, capsys):
     """refit: true. Once the folds have scored the job, a refit job trains one model on all
     150 rows for the folds' mean best epoch (no validation, no test, no early stopping),
     logs it beneath the job's run and registers it under the job's name; loaded from the
@@ -209,6 +209,10 @@ def test_a_refit_trains_one_model_on_every_row_and_registers_it_with_its_cv_scor
     iris = load_iris(as_frame=True)
     predicted = np.asarray(model.predict(pd.DataFrame(iris.data))).reshape(-1)
     assert (predicted == iris.target.to_numpy()).mean() > 0.9  # rows it trained on
+    assert cli(["--url", str(http.base_url).rstrip("/"), "status", done["id"]]) == 0
+    shown = capsys.readouterr().out
+    assert f"refit: job {refit['id']} (succeeded, {epochs} epochs)" in shown
+    assert f"registered model: iris-refit version {registered['version']}" in shown
 
 
 def test_a_streamed_job_uses_the_folds_of_the_same_job_in_memory_and_learns_as_much(stack, request):

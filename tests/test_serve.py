@@ -64,6 +64,16 @@ def test_mlflow_links_open_the_model_training_view_in_a_real_browser(served, tmp
     shown = re.search(r">iris \(([0-9a-f]+)\)<", doms["fold"])  # the data the fold trained on
     iris = [d for d in httpx.get(f"{api}/datasets").json()["items"] if d["name"] == "iris"]
     assert shown and iris[0]["digest"].startswith(shown.group(1))
+    # A study: its own run, its variants' job runs beneath it, its results on it.
+    study = httpx.post(f"{api}/studies", json={"name": "ui-study", "base": small_job(max_epochs=2), "variants": [
+        {"label": "adam"}, {"label": "sgd", "optimizer": {"name": "sgd", "lr": 0.05}}]}).json()
+    ended = wait_for(lambda: (s := httpx.get(f"{api}/studies/{study['id']}").json())["status"]
+                     in ("succeeded", "failed") and s, 120)
+    page = render(ended["mlflow_url"], screenshot=tmp_path / "mlflow-study.png")
+    assert ">study ui-study<" in page and "Child runs" in page and ">adam<" in page and ">sgd<" in page
+    assert "crossfold.best_variant" in page and ended["best"] in ("adam", "sgd")
+    files = render(ended["mlflow_url"].replace("?", "/artifacts?"))
+    assert ">leaderboard.json<" in files and ">report.html<" in files and ">plots<" in files
 
 
 def experiments_in(ui: str) -> set[str]:
