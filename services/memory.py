@@ -64,7 +64,9 @@ def estimate(spec: JobSpec, data: JobData) -> MemoryEstimate:
     else:
         parameters, per_row = mlp_sizes(spec.model, math.prod(data.input_shape), outputs)
     streamed = data.loading == "stream"
-    batch_rows = training_rows(data.rows, spec.cv.folds) if spec.batch_size == "full" else spec.batch_size
+    # A full batch is a fold's training rows; a refit's (refit: true) is every row.
+    full = data.rows if spec.refit else training_rows(data.rows, spec.cv.folds)
+    batch_rows = full if spec.batch_size == "full" else spec.batch_size
     if streamed:  # the full batch is accumulated a row group at a time
         batch_rows = min(batch_rows, STREAM_CHUNK_ROWS)
     models = spec.cv.total_folds if spec.pack_folds else 1

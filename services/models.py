@@ -84,7 +84,7 @@ class Job(Base):
     variant: Mapped[str | None] = mapped_column(String(100))
     # A refit (services.refits): the job whose folds it follows, trained on every row, and
     # the MLflow Model Registry version it registered ({"name", "version"}).
-    refit_of: Mapped[str | None] = mapped_column(String(36), index=True)
+    refit_of: Mapped[str | None] = mapped_column(String(36), index=True, unique=True)  # one refit a job
     registered_model: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.models import LOCAL_OWNER, Fold, Job, Study
@@ -44,8 +45,9 @@ def refit_of(session: Session, origin: Job) -> Job | None:
 
 
 def add_refit(session: Session, origin: Job) -> Job:
-    """Queue the refit of a job whose folds succeeded (added to the session, not
-    committed: the caller commits it with the state that asked for it). One per job."""
+    """Queue the refit of a job whose folds succeeded (flushed, not committed: the caller
+    commits it with the state that asked for it). One per job: jobs.refit_of is unique,
+    and the second of two dispatchers asking at once gets the first one's."""
     if (existing := refit_of(session, origin)) is not None:
         return existing
     spec = refit_spec(JobSpec.model_validate(origin.spec), refit_epochs(origin))
@@ -55,18 +57,26 @@ def add_refit(session: Session, origin: Job) -> Job:
               variant=f"refit of {origin.variant}" if origin.variant else None,
               created_at=datetime.now(timezone.utc))
     job.folds = [Fold(index=0, status=FoldStatus.PENDING, attempts=0, epoch=0)]
-    session.add(job)
+    try:
+        with session.begin_nested():  # a savepoint: losing the race undoes this insert only
+            session.add(job)
+    except IntegrityError:
+        return refit_of(session, origin)
     return job
+
+
+OWNER_SEPARATOR = "~"  # in neither an owner's name nor a job's, nor refused by MLflow
 
 
 def model_name(session: Session, refit: Job) -> str:
     """The registered model's name: the study's, or the job's, as the owner named it;
     prefixed by the owner where there are several (MLflow's registry is one namespace,
-    and its names may not hold a "/")."""
+    and its names may not hold a "/"), with a separator neither name can hold, so that
+    two owners' names never meet."""
     origin = session.get(Job, refit.refit_of)
     study = session.get(Study, origin.study_id) if origin and origin.study_id else None
     name = study.name if study else refit.name
-    return name if refit.owner == LOCAL_OWNER else f"{refit.owner}.{name}"
+    return name if refit.owner == LOCAL_OWNER else f"{refit.owner}{OWNER_SEPARATOR}{name}"
 
 
 def cv_description(session: Session, refit: Job) -> str:
@@ -91,13 +101,18 @@ def refit_summary(refit: Job | None, ui_url: str) -> dict | None:
 
 def register(session: Session, tracker: Tracker, refit: Job) -> str | None:
     """Register the refit's model (logged on its fold's run, as every fold's is); why it
-    could not be, or None."""
+    could not be, or None. A passing failure (MLflow unreachable) is raised: the
+    dispatcher finishes the job again at its next tick."""
+    from services.tracking import transient  # the dispatcher's side: MLflow is imported there
     fold = refit.folds[0]
     if fold.status is not FoldStatus.SUCCEEDED:
         return None
     try:
         refit.registered_model = tracker.register_model(
             fold.mlflow_run_id, model_name(session, refit), cv_description(session, refit), refit.owner)
-    except Exception as error:  # the model stays logged on its run; the job says what failed
+    except Exception as error:
+        if transient(error):
+            raise
+        # The model stays logged on its run; the job says what failed.
         return f"the model is logged on MLflow run {fold.mlflow_run_id} but could not be registered: {error}"
     return None

@@ -212,7 +212,7 @@ class JobSpec(StrictModel):
     refit: bool = Field(
         False, description="after the folds, train one final model on every row for the folds' mean "
                            "best epoch, log it and register it in the MLflow Model Registry under the "
-                           "job's name (as a separate job, refit_job_id)")
+                           "job's name (as a separate job: the job's refit.job_id)")
     checkpoint_interval_s: float = Field(
         10.0, ge=0, le=3600, description="seconds between epoch checkpoints (0: every epoch); a "
                                          "fold whose worker dies resumes from the last one")

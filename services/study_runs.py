@@ -9,7 +9,7 @@ from pathlib import Path
 
 from datetime import datetime, timezone
 
-from sqlalchemy import select, update
+from sqlalchemy import select, true, update
 from sqlalchemy.orm import Session
 
 from services.figures import STUDY_PLOTS, study_plot
@@ -19,7 +19,9 @@ from services.refits import add_refit
 from services.report import report_html
 from services.results import mlflow_link
 from services.settings import get_settings
-from services.states import FINISHED_JOB
+from services.states import FINISHED_JOB, JobStatus
+
+UNFINISHED_JOB = [status for status in JobStatus if status not in FINISHED_JOB]
 from services.studies import jobs_of, summary
 from services.tracking import END_STATUS, Tracker
 from services.wakeups import announce
@@ -66,24 +68,43 @@ def finish_if_done(session: Session, tracker: Tracker, study_id: str) -> None:
     session.commit()
 
 
-def close_ended_studies(session: Session, tracker: Tracker) -> None:
+def close_ended_studies(session: Session, tracker: Tracker, skip: set[str] = frozenset()) -> list[str]:
     """Studies whose variants all ended without a dispatcher finishing the last one: the
     API cancels queued jobs itself, and a dispatcher may have died in between, or MLflow
-    been down. Their runs get their results now."""
-    open_ones = session.scalars(select(Study.id).where(Study.mlflow_run_id.is_not(None),
-                                                       Study.closed_at.is_(None)).limit(50)).all()
-    for study_id in open_ones:
-        finish_if_done(session, tracker, study_id)
+    been down. Their runs get their results now, the oldest first, a few at a time; the
+    ids of those that failed (not `skip`ped next time for a while: services.sweeps)."""
+    unfinished = select(Job.id).where(Job.study_id == Study.id, Job.status.in_(UNFINISHED_JOB))
+    ended = session.scalars(select(Study.id).where(
+        Study.mlflow_run_id.is_not(None), Study.closed_at.is_(None), ~unfinished.exists(),
+        Study.id.not_in(skip) if skip else true()).order_by(Study.created_at).limit(5)).all()
+    failed = []
+    for study_id in ended:
+        try:
+            finish_if_done(session, tracker, study_id)
+        except Exception as error:  # one study's trouble must not hold up the others
+            session.rollback()
+            log.warning("could not close study %s: %s", study_id, error)
+        if session.get(Study, study_id).closed_at is None:
+            failed.append(study_id)
+    return failed
 
 
 def refit_best(session: Session, study: Study, jobs: list[Job]) -> None:
-    """Queue the refit of the study's best variant (none when no variant succeeded)."""
+    """Queue the refit of the study's best variant (none when no variant succeeded). The
+    study's row is locked first (PostgreSQL): a cancel of the study committed meanwhile
+    is seen, or waits for the refit to be committed and then cancels it too."""
+    session.refresh(study, with_for_update=True)
+    if study.cancel_requested:
+        session.commit()
+        return
     best = leaderboard(study, jobs)["best"]
     job = next((job for job in jobs if job.variant == best), None)
     if job is not None:
         add_refit(session, job)
         announce(session)
-        session.commit()
+    session.commit()
+    if job is not None:
+        session.expire(job, ["refits"])  # read again: the results written next name the refit
 
 
 def write_results(tracker: Tracker, study: Study, jobs: list[Job]) -> None:

@@ -15,12 +15,14 @@ log = logging.getLogger(__name__)
 
 LOGIN_SWEEP_S = 60.0  # how often MLflow passwords that are expired keys are replaced
 STUDY_SWEEP_S = 10.0  # how often studies that ended without this dispatcher are looked for
+STUDY_RETRY_S = 600.0  # how long a study whose run could not be closed is left alone
 
 
 class Sweeps:
     def __init__(self, tracker: Tracker):
         self.tracker = tracker
         self.logins_swept_at = self.studies_swept_at = float("-inf")
+        self.studies_failed: dict[str, float] = {}  # study id → when it may be tried again
 
     def run(self, session: Session) -> None:
         self.retire_mlflow_logins(session)
@@ -31,8 +33,10 @@ class Sweeps:
         while queued by the API, or finished by a dispatcher that died (study_runs)."""
         if time.monotonic() - self.studies_swept_at < STUDY_SWEEP_S:
             return
-        self.studies_swept_at = time.monotonic()
-        close_ended_studies(session, self.tracker)
+        self.studies_swept_at = now = time.monotonic()
+        self.studies_failed = {id_: until for id_, until in self.studies_failed.items() if until > now}
+        for study_id in close_ended_studies(session, self.tracker, skip=set(self.studies_failed)):
+            self.studies_failed[study_id] = now + STUDY_RETRY_S
 
     def retire_mlflow_logins(self, session: Session) -> None:
         """Once a minute, where MLflow runs basic-auth: MLflow passwords that are keys the

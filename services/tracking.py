@@ -59,6 +59,10 @@ TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "DEADLINE_EXCEEDED", "REQUEST_LIMI
 SERVER_FAILED = re.compile(r"error code 5\d\d|status code 5\d\d|too many 5\d\d error")
 
 
+class ModelOfAnother(RuntimeError):
+    """A registered model of that name exists, made by someone else: not added to."""
+
+
 def experiment_name(owner: str, name: str) -> str:
     return f"{owner}/{name}"
 
@@ -286,6 +290,8 @@ class Tracker:
         except MlflowException as error:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
+            if self.client.get_registered_model(name).tags.get("crossfold.owner") != owner:
+                raise ModelOfAnother(f"a registered model named {name!r} exists and is not yours") from None
         if self.access is not None:
             self.access.grant_model_read(owner, name)
         earlier = self.client.search_model_versions(f"name='{name}' and run_id='{run_id}'")

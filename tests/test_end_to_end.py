@@ -349,6 +349,9 @@ def test_a_study_runs_its_variants_and_ranks_them_on_the_same_folds(stack, tmp_p
     assert http.get(f"/studies/{study_id}").json()["variants"] == board["variants"]  # not a variant
     assert f"the best variant, adam, trained again on every row for 8 epochs" in \
         http.get(f"/studies/{study_id}/report").text
+    with tempfile.TemporaryDirectory() as folder:  # the study run's report, written as the refit was queued
+        kept_report = Path(client.download_artifacts(study_run.info.run_id, "report.html", folder)).read_text()
+    assert "the best variant, adam, trained again on every row" in kept_report
 
 
 @needs_chromium

@@ -44,7 +44,8 @@ async def submit_study(request_body: StudySpec, request: Request, settings: Sett
     resolved = []
     for label, spec in variants:
         loaded = replace(data, loading=loading_of(spec, data, settings.stream_above_bytes))
-        check_memory(spec, loaded, settings.max_fold_memory_bytes)
+        # With refit, any variant may be the best one, refit on every row.
+        check_memory(spec.model_copy(update={"refit": request_body.refit}), loaded, settings.max_fold_memory_bytes)
         if nodes is not None:
             check_runnable(spec, nodes)
         resolved.append((label, spec, loaded))

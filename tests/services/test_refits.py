@@ -3,6 +3,11 @@ registered model is named and described as. On both databases; the refit's run t
 the whole service is in tests/test_end_to_end.py."""
 from __future__ import annotations
 
+import threading
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
 from services.models import Job
 from services.refits import add_refit, cv_description, model_name, refit_epochs, refit_of
 from services.spec import JobSpec
@@ -56,7 +61,46 @@ def test_its_model_is_named_for_the_job_and_its_owner_and_described_by_the_cv_sc
         shared = add_refit(session, finished(session, owner="ana"))
         session.commit()
         assert model_name(session, local) == "iris-test"
-        assert model_name(session, shared) == "ana.iris-test"  # one registry for every owner
+        assert model_name(session, shared) == "ana~iris-test"  # one registry: no owner's name holds "~"
         description = cv_description(session, local)
         assert "for 5 epochs" in description and "over 3 folds" in description
         assert "test_accuracy 0.95 ± 0.02" in description
+
+
+def test_two_dispatchers_asking_for_one_refit_at_once_make_one(sessions, request):
+    """Two sessions race to queue the refit of one job (a study's best variant, asked for
+    by the two dispatchers that finished its last variants): one row, the same job for both."""
+    if "postgresql" not in request.node.name:
+        pytest.skip("concurrent dispatchers are a PostgreSQL deployment")
+    with sessions() as session:
+        origin_id = finished(session).id
+    ready, made = threading.Barrier(2), []
+
+    def ask() -> None:
+        with sessions() as session:
+            origin = session.get(Job, origin_id)
+            ready.wait()
+            made.append(add_refit(session, origin).id)
+            session.commit()
+
+    for _ in range(3):
+        threads = [threading.Thread(target=ask) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    with sessions() as session:
+        assert session.query(Job).filter(Job.refit_of == origin_id).count() == 1
+    assert len(set(made)) == 1 and len(made) == 6
+
+
+def test_the_database_holds_one_refit_a_job(sessions):
+    with sessions() as session:
+        origin = finished(session)
+        add_refit(session, origin)
+        session.commit()
+        twin = Job(name="x", owner="local", spec=origin.spec, status=JobStatus.QUEUED, cancel_requested=False,
+                   refit_of=origin.id)
+        session.add(twin)
+        with pytest.raises(IntegrityError):
+            session.commit()

@@ -102,3 +102,12 @@ def test_job_run_gets_the_summary_and_fold_table(tracker):
     assert run.info.status == "FAILED" and run.data.metrics["test_accuracy_mean"] == 0.8
     assert run.data.tags["crossfold.error"] == "fold 0 failed: boom"
     assert [a.path for a in tracker.client.list_artifacts(parent)] == ["fold_table.json"]
+
+
+def test_a_registered_model_someone_else_made_is_not_added_to(tracker):
+    from services.tracking import ModelOfAnother
+    tracker.client.create_registered_model("shared-name", tags={"crossfold.owner": "ana"})
+    run = tracker.client.create_run(tracker.experiment_id("bob", "shared-name")).info.run_id
+    with pytest.raises(ModelOfAnother, match="not yours"):
+        tracker.register_model(run, "shared-name", "bob's refit", "bob")
+    assert tracker.client.search_model_versions("name='shared-name'") == []

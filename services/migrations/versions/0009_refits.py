@@ -19,8 +19,14 @@ def upgrade() -> None:
     # without copying the table.
     op.add_column('jobs', sa.Column('refit_of', sa.String(length=36), nullable=True))
     op.add_column('jobs', sa.Column('registered_model', sa.JSON(), nullable=True))
-    op.create_index('ix_jobs_refit_of', 'jobs', ['refit_of'])
+    # Unique: one refit a job, even when two dispatchers ask for a study's at once (NULLs,
+    # jobs that are not refits, are many on both databases).
+    op.create_index('ix_jobs_refit_of', 'jobs', ['refit_of'], unique=True)
     op.add_column('studies', sa.Column('closed_at', sa.DateTime(timezone=True), nullable=True))
+    # Studies that ended before this revision had their runs closed already (or never
+    # will: the sweep would redo them all at once).
+    op.execute("UPDATE studies SET closed_at = created_at WHERE NOT EXISTS (SELECT 1 FROM jobs "
+               "WHERE jobs.study_id = studies.id AND jobs.status IN ('queued', 'running'))")
 
 
 def downgrade() -> None:
