@@ -23,19 +23,17 @@ from services.capacity import Need, publish, refusal, room
 from services.cluster import Cluster
 from services.database import Reachability, unreachable
 from services.dataset_store import DatasetStore
+from services.job_endings import cancel_leftover_folds, close_job, outcome_of, record_fold_result
 from services.job_runs import create_runs
 from services.job_data import JobData, resolve
 from services.job_inputs import check_stored_file, source_of, split_plans_cached
 from services.lifecycle import (adopt_orphaned_job, claim_next_job, hold_leases, move_fold, move_job, now,
                                 put_back, renew_leases)
 from services.metrics import TICK_SECONDS
-from services.models import Fold, Job
+from services.models import Job
 from services.progress_records import store_progress
 from services.quotas import Limits, limits_of, runtime_of
-from services.refits import add_refit, register
-from services.reports import summed
-from services.run_records import best_of, model_of, record_best
-from services.results import fold_table, summarize
+from services.results import fold_table
 from services.spec import JobSpec
 from services.states import FINISHED_FOLD, FoldStatus, JobStatus
 from services.study_runs import finish_if_done
@@ -43,7 +41,7 @@ from services.sweeps import Sweeps, first_line
 from services.settings import get_settings
 from services.tick_pause import TickPause
 from services.tracking import Tracker, transient
-from services.wakeups import Wakeup, announce, listener_for
+from services.wakeups import Wakeup, listener_for
 from workers.plans import FoldPlan
 from workers.results import Ending, FoldResult
 
@@ -274,7 +272,7 @@ class Dispatcher:
         self.active.pop(job.id, None)
         job = session.get(Job, job.id)
         if job.cancel_requested:
-            self.cancel_leftover_folds(job)
+            cancel_leftover_folds(self.tracker, job)
             move_job(job, JobStatus.CANCELLED)
             job.lease_expires_at = None
             session.commit()
@@ -296,7 +294,7 @@ class Dispatcher:
         self.active.pop(job.id, None)
         job = session.get(Job, job.id)
         job.error = reason
-        self.cancel_leftover_folds(job)
+        cancel_leftover_folds(self.tracker, job)
         move_job(job, JobStatus.FAILED)
         job.lease_expires_at = None
         session.commit()
@@ -316,7 +314,7 @@ class Dispatcher:
                 for result in self.cluster.results(ref, job_id, active.tasks[ref]):
                     if active.cancelling and result.status is not Ending.SUCCEEDED:
                         result = FoldResult.cancelled(result.index)  # killed by us, whatever Ray says
-                    self.finish_fold(session, active.job_id, result)
+                    record_fold_result(session, self.tracker, active.job_id, result)
             session.commit()
             # Only now, with the results stored: should anything above fail, the next
             # tick collects these tasks again.
@@ -327,81 +325,17 @@ class Dispatcher:
         if any(finished.values()):
             self.wakeup.notify()  # room for queued jobs: the next tick claims them without waiting
 
-    def finish_fold(self, session: Session, job_id: str, result: FoldResult) -> None:
-        fold = session.scalar(select(Fold).where(Fold.job_id == job_id, Fold.index == result.index))
-        if fold.status in FINISHED_FOLD:
-            return
-        if result.status is Ending.CANCELLED:
-            move_fold(fold, FoldStatus.CANCELLED)
-            self.tracker.finish_fold(fold.mlflow_run_id, status="cancelled")
-            return
-        if fold.status is FoldStatus.PENDING:
-            move_fold(fold, FoldStatus.RUNNING)  # it ended before its start was reported
-        if result.status is Ending.SUCCEEDED:
-            record_best(fold, result.best_epoch, result.best_metrics)
-            fold.test_metrics, fold.confusion = result.test_metrics, result.confusion
-            fold.target_epoch = result.target_epoch
-            move_fold(fold, FoldStatus.SUCCEEDED)
-            self.tracker.finish_fold(fold.mlflow_run_id, status="succeeded",
-                                     test_metrics=fold.test_metrics, best=best_of(fold),
-                                     checkpoint=result.checkpoint,
-                                     model=model_of(session, session.get(Job, job_id), result))
-        else:
-            fold.error = result.error
-            move_fold(fold, FoldStatus.FAILED)
-            self.tracker.finish_fold(fold.mlflow_run_id, status="failed", error=result.error)
-
     def finish_job(self, session: Session, job_id: str) -> None:
         job = session.get(Job, job_id)
         session.refresh(job)
-        target, error = self.outcome_of(job, self.active[job_id])
-        self.cancel_leftover_folds(job)
-        job.summary = summarize([f.test_metrics for f in job.folds if f.status is FoldStatus.SUCCEEDED])
-        if job.refit_of and target is JobStatus.SUCCEEDED and (error := register(session, self.tracker, job)):
-            target = JobStatus.FAILED
-        job.error = error
-        # MLflow first: once the job reads as finished, its runs must be finished too.
-        self.log_classes(job)
-        self.tracker.finish_job(job.mlflow_run_id, status=target.value, summary=job.summary,
-                                table=fold_table(job.folds), error=error)
-        move_job(job, target)
-        job.lease_expires_at = None
-        if target is JobStatus.SUCCEEDED and JobSpec.model_validate(job.spec).refit:
-            add_refit(session, job)  # queued with this job's end, in one commit
-            announce(session)
+        target, error = outcome_of(job, self.active[job_id].ran_out)
+        target = close_job(session, self.tracker, job, target, error)
         session.commit()
         del self.active[job_id]
         self.cluster.forget(job_id)
         log.info("job %s %s", job_id, target.value)
         if job.study_id:  # its study's last variant: the study's run gets its results
             finish_if_done(session, self.tracker, job.study_id)
-
-    def log_classes(self, job: Job) -> None:
-        """A classification job's per-class report, from the folds that were tested."""
-        confusions = [f.confusion for f in job.folds if f.status is FoldStatus.SUCCEEDED and f.confusion]
-        classes = (job.data or {}).get("classes")
-        if confusions and classes:
-            self.tracker.log_classes(job.mlflow_run_id, classes, summed(confusions))
-
-    def cancel_leftover_folds(self, job: Job) -> None:
-        """Folds that never ran to an end (the job was cancelled before they were
-        resubmitted) are cancelled with it."""
-        for fold in job.folds:
-            if fold.status not in FINISHED_FOLD:
-                move_fold(fold, FoldStatus.CANCELLED)
-                if fold.mlflow_run_id:
-                    self.tracker.finish_fold(fold.mlflow_run_id, status="cancelled")
-
-    @staticmethod
-    def outcome_of(job: Job, active: ActiveJob) -> tuple[JobStatus, str | None]:
-        if active.ran_out and any(f.status not in (FoldStatus.SUCCEEDED, FoldStatus.FAILED) for f in job.folds):
-            return JobStatus.FAILED, active.ran_out
-        if job.cancel_requested:
-            return JobStatus.CANCELLED, None
-        failed = [f for f in job.folds if f.status is FoldStatus.FAILED]
-        if failed:
-            return JobStatus.FAILED, "; ".join(f"fold {f.index} failed: {f.error}" for f in failed)
-        return JobStatus.SUCCEEDED, None
 
     def drop_lost_jobs(self, held: set[str]) -> None:
         """Jobs whose lease lapsed (this dispatcher stalled) and that another dispatcher
