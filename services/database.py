@@ -8,7 +8,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -17,14 +17,19 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 # A pooled connection idle for longer than this is checked before use (see ping_if_idle).
 PING_AFTER_IDLE_S = 1.0
+# How long a SQLite writer waits for the write lock before failing ("database is
+# locked"); `?timeout=<seconds>` in the URL sets it, as Python's sqlite3 takes it.
+SQLITE_LOCK_WAIT_S = 30.0
 CONNECT_TIMEOUT_S = 5
 
 
 def make_engine(url: str, ping_after_idle_s: float = PING_AFTER_IDLE_S) -> Engine:
     if url.startswith("sqlite"):
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        parsed = make_url(url)
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        wait_s = float(parsed.query.get("timeout", SQLITE_LOCK_WAIT_S))
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": wait_s})
         event.listen(engine, "connect", _tune_sqlite)
         return engine
     # More connections than SQLAlchemy's default 5 + 10: an API process holds one per
@@ -68,10 +73,9 @@ def _with_driver(url: str) -> str:
 
 def _tune_sqlite(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
-    # WAL lets the API read while the dispatcher writes; the busy timeout makes a
-    # writer wait for the lock instead of failing at once.
+    # WAL lets the API read while the dispatcher writes (a writer waits for the lock:
+    # sqlite3's timeout, make_engine's wait_s).
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 

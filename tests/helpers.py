@@ -194,12 +194,13 @@ def user_exists(name: str) -> bool:
 
 @contextmanager
 def running_service(database_url: str, folder: Path, lease_s: float = 30.0, poll_interval_s: float = 0.2,
-                    share_wakeup: bool = True, **overrides):
+                    share_wakeup: bool = True, api_database_url: str | None = None, **overrides):
     """The whole service in this process: the HTTP API (real uvicorn) → the database → a
     dispatcher → the test session's Ray → an MLflow store in `folder`. Yields (HTTP
     client, tracker, dispatcher). `share_wakeup`: the API wakes the dispatcher in-process,
     as `crossfold serve` does; False: as an API in another process (PostgreSQL's NOTIFY,
-    or the poll alone on SQLite). `overrides`: more settings."""
+    or the poll alone on SQLite). `api_database_url`: the API's own, when it must connect
+    otherwise than the dispatcher (the same database). `overrides`: more settings."""
     import httpx
 
     from api.main import create_app
@@ -209,8 +210,8 @@ def running_service(database_url: str, folder: Path, lease_s: float = 30.0, poll
     from services.dispatcher import Dispatcher
     from services.settings import Settings
     from services.tracking import Tracker
-    settings = Settings(data_dir=folder, database_url=database_url, poll_interval_s=0.2, lease_s=lease_s,
-                        **overrides)
+    settings = Settings(data_dir=folder, database_url=api_database_url or database_url, poll_interval_s=0.2,
+                        lease_s=lease_s, **overrides)
     engine = make_engine(database_url)
     upgrade_schema(engine)
     tracker = Tracker(tracking_uri=settings.resolved_tracking_uri(), artifacts_dir=settings.artifacts_dir())

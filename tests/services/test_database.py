@@ -75,3 +75,20 @@ def test_only_a_database_that_cannot_be_reached_counts_as_unreachable(tmp_path):
         # The server ending the session (57P01, as a shutdown or a proxy's restart does).
         assert unreachable(error_of(POSTGRES_ADMIN, "SELECT pg_terminate_backend(pg_backend_pid())"))
     assert not unreachable(ValueError("not a database error"))
+
+
+def test_a_sqlite_writer_waits_for_the_lock_as_long_as_its_url_says(tmp_path):
+    """30 s by default; `?timeout=` (seconds) for a caller that must fail sooner."""
+    default = make_engine(f"sqlite:///{tmp_path / 'nested' / 'jobs.db'}")
+    short = make_engine(f"sqlite:///{tmp_path / 'nested' / 'jobs.db'}?timeout=0.3")
+    with default.connect() as holder, short.connect() as waiter:
+        assert holder.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+        assert waiter.exec_driver_sql("PRAGMA busy_timeout").scalar() == 300
+        holder.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        holder.commit()
+        holder.exec_driver_sql("INSERT INTO t VALUES (1)")  # holds the write lock
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="locked"):
+            waiter.exec_driver_sql("INSERT INTO t VALUES (2)")
+        assert time.monotonic() - started > 0.25  # it waited, then gave up
+    assert (tmp_path / "nested" / "jobs.db").exists()  # its folder made, not one named after the query
