@@ -1,5 +1,6 @@
 """The project's shape: the import direction, what the GPU machine can import, the examples
-(the compose file has tests/test_compose.py)."""
+(the compose file has tests/test_compose.py, tests/test_compose_credentials.py and
+tests/test_deploy_scripts.py)."""
 from __future__ import annotations
 
 import ast
